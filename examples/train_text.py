@@ -1,0 +1,161 @@
+"""Train a character-level GPT on text: the Python standard library by default, or your file.
+
+    python examples/train_text.py --out-dir runs/text            # ~1M params, a few minutes on CPU
+    python examples/train_text.py --out-dir runs/text --resume   # continue from checkpoints/last.pt
+    python examples/train_text.py --data my.txt --max-steps 2000 --d-model 256 --n-layer 6
+
+Writes into --out-dir: metrics.jsonl, TensorBoard events (tb/), checkpoints/{last,best}.pt,
+tokenizer.json, samples.txt and loss.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transformer_kit import sampling
+from transformer_kit.checkpoint import CheckpointManager
+from transformer_kit.data import TokenDataset, read_text_file, stdlib_corpus, train_val_split
+from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
+from transformer_kit.models import GPT, GPTConfig
+from transformer_kit.tokenization import CharTokenizer
+from transformer_kit.trainer import Trainer, TrainerConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, help="UTF-8 text file (default: stdlib sources)")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/text"))
+    parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoints/last")
+    parser.add_argument("--n-layer", type=int, default=5)
+    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--corpus-bytes", type=int, default=4_000_000)
+    parser.add_argument("--sample-tokens", type=int, default=300)
+    parser.add_argument("--device", default="cpu", help='"cpu", "cuda" or "auto"')
+    return parser.parse_args(argv)
+
+
+class SamplePrinter:
+    """A callback: generate a sample at each evaluation and at the end, log it as text."""
+
+    def __init__(self, tokenizer: CharTokenizer, out_file: Path, n_tokens: int, seed: int):
+        self.tokenizer, self.out_file, self.n_tokens, self.seed = (
+            tokenizer,
+            out_file,
+            n_tokens,
+            seed,
+        )
+
+    def sample(self, trainer: Trainer) -> str:
+        prompt = torch.tensor([self.tokenizer.encode("def ")], device=trainer.device)
+        generator = torch.Generator(device=trainer.device).manual_seed(self.seed)
+        ids = sampling.generate(
+            trainer.model, prompt, self.n_tokens, temperature=0.8, top_k=40, generator=generator
+        )
+        return self.tokenizer.decode(ids[0].tolist())
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        text = self.sample(trainer)
+        trainer.log_text("sample", text)
+        with self.out_file.open("a", encoding="utf-8") as f:
+            f.write(
+                f"=== step {trainer.step} (val_loss {metrics.get('val_loss', float('nan')):.4f})\n"
+            )
+            f.write(text + "\n\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    text = read_text_file(args.data) if args.data else stdlib_corpus(max_bytes=args.corpus_bytes)
+    tokenizer_path = out / "tokenizer.json"
+    if args.resume and tokenizer_path.exists():
+        tokenizer = CharTokenizer.load(tokenizer_path)  # the ids must not change on resume
+    else:
+        tokenizer = CharTokenizer.fit(text, min_count=20)  # rare characters become <UNK>
+        tokenizer.save(tokenizer_path)
+    tokens = tokenizer.encode_array(text)
+    train_ids, val_ids = train_val_split(tokens, val_fraction=0.1)
+    print(
+        f"corpus: {len(text):,} characters, vocab {len(tokenizer.vocab)}, "
+        f"{tokenizer.unknown_count:,} <UNK>"
+    )
+
+    torch.manual_seed(args.seed)
+    model_config = GPTConfig(
+        vocab_size=len(tokenizer.vocab),
+        block_size=args.block_size,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        d_model=args.d_model,
+        dropout=args.dropout,
+    )
+    model = GPT(model_config)
+    print(f"model: {model.num_parameters():,} parameters")
+    config = TrainerConfig(
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=min(100, args.max_steps // 10),
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        device=args.device,
+    )
+    loggers = [
+        JSONLLogger(out / "metrics.jsonl"),
+        TensorBoardLogger(out / "tb"),
+        ConsoleLogger(total_steps=args.max_steps, every=10),
+    ]
+    samples = SamplePrinter(tokenizer, out / "samples.txt", args.sample_tokens, args.seed)
+    trainer = Trainer(
+        model,
+        config,
+        TokenDataset(train_ids, args.block_size),
+        TokenDataset(val_ids, args.block_size),
+        loggers=loggers,
+        checkpoints=CheckpointManager(out / "checkpoints"),
+        callbacks=[samples],
+    )
+    if args.resume and not trainer.resume():
+        print("no checkpoint to resume from; starting fresh")
+    start = time.perf_counter()
+    final = trainer.fit()
+    wall = time.perf_counter() - start
+    print(f"\nfinal sample (step {trainer.step}):\n{samples.sample(trainer)}\n")
+    plot_metrics(out / "metrics.jsonl", out / "loss.png")
+    summary = {
+        "parameters": model.num_parameters(),
+        "steps": trainer.step,
+        "wall_s": round(wall, 1),
+        "val_loss": final.get("val_loss"),
+        "val_ppl": final.get("val_ppl"),
+        "train_loss": final.get("train_loss"),
+        "best_val_loss": trainer.checkpoints.best_metric,
+        "tokens_per_step": config.tokens_per_step(block_size=args.block_size),
+        "vocab": len(tokenizer.vocab),
+        "corpus_chars": len(text),
+        "unk_fraction": float(np.mean(tokens == tokenizer.vocab.unk_id)),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return final
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""torchrun helpers: who am I, set up the process group, and average metrics across ranks.
+
+Under `torchrun --nproc_per_node=N`, the environment variables RANK, WORLD_SIZE and LOCAL_RANK
+tell each process its place; a plain `python script.py` is world size 1 and none of this
+does anything.
+    >>> DistributedContext().world_size
+    1
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistributedContext", "all_reduce_mean", "init_distributed"]
+
+
+@dataclass(frozen=True, slots=True)
+class DistributedContext:
+    """The place of this process in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes logs and checkpoints; the others only train."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | torch.device = "cpu") -> DistributedContext:
+    """Read torchrun's environment and initialise the default process group if needed.
+
+    Uses nccl for CUDA devices and gloo otherwise. With no torchrun environment (or
+    WORLD_SIZE=1) this returns the single-process context and starts nothing.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def all_reduce_mean(
+    metrics: Mapping[str, float], context: DistributedContext, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """Average each metric over all ranks (identity for a single process)."""
+    if not context.enabled or not metrics:
+        return dict(metrics)
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    values /= context.world_size
+    return dict(zip(keys, values.tolist(), strict=True))

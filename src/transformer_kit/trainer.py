@@ -1,0 +1,676 @@
+"""A thin training loop that composes the kit's parts: data, optimizer, schedule, checkpoints.
+
+The Trainer is the only module that knows the others. Everything it uses is passed in or built
+by a small overridable method (`configure_optimizer`, `configure_scheduler`, `training_step`,
+`evaluation_step`), so a subclass changes one piece without copying the loop.
+    >>> config = TrainerConfig(max_steps=100, batch_size=8)
+    >>> config.tokens_per_step(block_size=64)
+    512
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging as _pylogging
+import math
+import resource
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from transformer_kit import schedules
+from transformer_kit._version import __version__
+from transformer_kit.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    check_config,
+    restore_rng_state,
+)
+from transformer_kit.data import RandomBatches, TokenDataset
+from transformer_kit.distributed import DistributedContext, all_reduce_mean, init_distributed
+from transformer_kit.logging import MetricLogger, MultiLogger
+
+__all__ = ["Batch", "TrainerConfig", "Trainer", "TrainingError"]
+
+_log = _pylogging.getLogger(__name__)
+
+Batch = tuple[Tensor, Tensor]
+Precision = Literal["fp32", "bf16", "fp16"]
+CheckpointErrorPolicy = Literal["raise", "continue"]
+
+# Dense bf16 peak of known accelerators, for model-FLOPs utilisation (vendor data sheets).
+_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (too many non-finite steps, repeated loss spikes)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainerConfig:
+    """Everything the loop needs that is not an object passed in."""
+
+    max_steps: int = 1000
+    """Optimizer steps to run (a step may hold several micro-batches)."""
+    batch_size: int = 32
+    """Sequences per micro-batch on each process."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; the update equals one batch this many times larger."""
+    lr: float = 3e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of `lr` at the end of the cosine decay."""
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay, applied to matrices only (not norms, biases, embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value; None disables clipping (the norm is still
+    logged)."""
+    eval_every: int = 200
+    eval_batches: int = 20
+    """Batches per evaluation on each split (bounds evaluation time on large corpora)."""
+    checkpoint_every: int | None = None
+    """Save `last` every this many steps; None saves at each evaluation."""
+    log_every: int = 1
+    seed: int = 0
+    """Seeds the data order; model initialisation is seeded by the caller."""
+    device: str = "cpu"
+    """"cpu", "cuda", "cuda:1", or "auto" (CUDA when available)."""
+    precision: Precision = "fp32"
+    """"bf16" uses autocast on CPU and CUDA; "fp16" uses autocast + GradScaler (CUDA only)."""
+    compile: bool = False
+    """Wrap the model in torch.compile for training and evaluation."""
+    time_limit_s: float | None = None
+    """Stop (with a final evaluation and checkpoint) once this much wall time has passed."""
+    max_bad_steps: int = 5
+    """Consecutive non-finite steps tolerated (each is skipped) before the run stops."""
+    spike_factor: float | None = None
+    """Roll back to the last good checkpoint when loss > spike_factor x its running mean."""
+    max_rollbacks: int = 3
+    checkpoint_error: CheckpointErrorPolicy = "raise"
+    """What a failed checkpoint write does: "raise" stops the run, "continue" logs and goes on.
+    Either way the previous checkpoint stays intact."""
+    restore_best: bool = False
+    """Load the best checkpoint's weights into the model when fit() ends."""
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batches")
+        for name in (*positive, "log_every", "max_bad_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainerConfig.{name} must be an integer >= 1, got {value!r}")
+        for name in ("warmup_steps", "max_rollbacks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"TrainerConfig.{name} must be an integer >= 0, got {value!r}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(
+                f"TrainerConfig.checkpoint_every must be >= 1 or None, got {self.checkpoint_every}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"TrainerConfig.lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(
+                f"TrainerConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"
+            )
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainerConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"TrainerConfig.betas must be two values in [0, 1), got {self.betas}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainerConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(
+                f"TrainerConfig.precision must be one of {get_args(Precision)}, "
+                f"got {self.precision!r}"
+            )
+        if self.checkpoint_error not in get_args(CheckpointErrorPolicy):
+            raise ValueError(
+                f"TrainerConfig.checkpoint_error must be one of "
+                f"{get_args(CheckpointErrorPolicy)}, got {self.checkpoint_error!r}"
+            )
+        if self.spike_factor is not None and not self.spike_factor > 1:
+            raise ValueError(
+                f"TrainerConfig.spike_factor must be > 1 or None, got {self.spike_factor}"
+            )
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(
+                f"TrainerConfig.time_limit_s must be > 0 or None, got {self.time_limit_s}"
+            )
+
+    def tokens_per_step(self, *, block_size: int, world_size: int = 1) -> int:
+        """Tokens consumed by one optimizer step across all processes."""
+        return self.batch_size * self.grad_accum_steps * world_size * block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class Trainer:
+    """Composes a model, data and the kit's parts into a resumable training loop.
+
+    Args:
+        model: any module whose `forward(inputs, targets)` returns an object with `.loss`
+            (the kit's GPT does); override `training_step` for other models.
+        config: loop settings.
+        train_data: the training tokens; random windows are drawn from them.
+        val_data: held-out tokens for evaluation (strided, non-overlapping windows).
+        optimizer / scheduler: built by `configure_optimizer` / `configure_scheduler` when None.
+        loggers: where metrics go (rank 0 only).
+        checkpoints: a CheckpointManager; without one nothing is saved and `resume` is an error.
+        early_stopping: an object with `update(metrics, step=...) -> bool` and `state_dict()`.
+        augment: a callable `(inputs, targets, *, epoch) -> (inputs, targets)` with state_dict.
+        callbacks: objects with any of `on_train_start`, `on_step_end`, `on_evaluate`,
+            `on_checkpoint`, `on_train_end`; each is called with the trainer (and metrics or
+            paths) and requests a stop by returning True.
+
+    Example:
+        >>> trainer = Trainer(GPT(GPTConfig(vocab_size=96)), TrainerConfig(max_steps=200),
+        ...                   TokenDataset(train_ids, 256), TokenDataset(val_ids, 256))
+        >>> final_metrics = trainer.fit()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainerConfig,
+        train_data: TokenDataset,
+        val_data: TokenDataset | None = None,
+        *,
+        optimizer: Optimizer | None = None,
+        scheduler: LRScheduler | None = None,
+        loggers: Sequence[MetricLogger] = (),
+        checkpoints: CheckpointManager | None = None,
+        early_stopping: Any | None = None,
+        augment: Callable[..., Batch] | None = None,
+        callbacks: Sequence[object] = (),
+    ) -> None:
+        self.config = config
+        self.device = _resolve_device(config.device)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(
+                "TrainerConfig.precision='fp16' needs a CUDA device; use 'bf16' on CPU"
+            )
+        self.context: DistributedContext = init_distributed(self.device)
+        if self.context.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.context.local_rank)
+        self.model = model.to(self.device)
+        self.train_data = train_data
+        self.val_data = val_data
+        self.batches = RandomBatches(
+            train_data,
+            config.batch_size,
+            seed=config.seed,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+        )
+        self.optimizer = optimizer if optimizer is not None else self.configure_optimizer()
+        self.scheduler = (
+            scheduler if scheduler is not None else self.configure_scheduler(self.optimizer)
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+        self.logger = MultiLogger(list(loggers) if self.context.is_main else [])
+        self.checkpoints = checkpoints
+        self.early_stopping = early_stopping
+        self.augment = augment
+        self.callbacks = list(callbacks)
+        self.step = 0
+        self.bad_steps = 0
+        self.consecutive_bad_steps = 0
+        self.rollbacks = 0
+        self.loss_mean: float | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.stop_requested = False
+        self._tokens_per_s = 0.0
+        # The module that runs forward passes: DDP and/or compile wrap the plain model.
+        self._forward: nn.Module = self.model
+        if self.context.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._forward = DistributedDataParallel(self.model, device_ids=ids)
+        if config.compile:
+            self._forward = torch.compile(self._forward)  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ parts (overridable)
+    def configure_optimizer(self) -> Optimizer:
+        """AdamW with decoupled weight decay on matrices only.
+
+        Norm gains, biases and embeddings are not decayed: decaying them pulls the model
+        towards zero without regularising anything useful (GPT-2/nanoGPT practice).
+        """
+        decay, no_decay = [], []
+        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
+        for param in self.model.parameters():
+            if not param.requires_grad:
+                continue
+            if param.dim() >= 2 and id(param) not in embeddings:
+                decay.append(param)
+            else:
+                no_decay.append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        # The fused kernel exists for CUDA (and CPU in recent torch); foreach is the safe default.
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=self.config.betas)
+
+    def configure_scheduler(self, optimizer: Optimizer) -> LRScheduler:
+        """Linear warmup then cosine decay to `min_lr_ratio` at `max_steps`."""
+        return schedules.lambda_lr(
+            optimizer,
+            schedules.warmup_cosine,
+            warmup_steps=min(self.config.warmup_steps, self.config.max_steps),
+            total_steps=self.config.max_steps,
+            min_ratio=self.config.min_lr_ratio,
+        )
+
+    def training_step(self, batch: Batch) -> Tensor:
+        """Mean loss of one micro-batch over its non-ignored target tokens."""
+        inputs, targets = batch
+        with self._autocast():
+            output = self._forward(inputs, targets)
+        return output.loss
+
+    def evaluation_step(self, batch: Batch) -> dict[str, float]:
+        """Summed loss and token count of one batch, so means weight every token equally."""
+        inputs, targets = batch
+        with self._autocast():
+            output = self._forward(inputs, targets)
+        tokens = self._count_targets(targets)
+        return {"loss_sum": float(output.loss) * tokens, "tokens": float(tokens)}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, float]:
+        """Train until `max_steps`, the time limit, early stopping or a callback says stop.
+
+        Returns:
+            The last evaluation's metrics (plus `step`).
+        """
+        cfg = self.config
+        start = time.perf_counter()
+        self._notify("on_train_start")
+        last_eval: dict[str, float] = {}
+        while self.step < cfg.max_steps and not self.stop_requested:
+            metrics = self._optimizer_step()
+            self.step += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                self.log(metrics)
+            self._watch_for_spike(metrics["loss"])
+            evaluated = False
+            if self.step % cfg.eval_every == 0:
+                last_eval = self.evaluate()
+                evaluated = True
+            out_of_time = cfg.time_limit_s is not None and time.perf_counter() - start > (
+                cfg.time_limit_s
+            )
+            if out_of_time:
+                _log.info("time limit of %.0f s reached at step %d", cfg.time_limit_s, self.step)
+                self.stop_requested = True
+            due = (
+                evaluated if cfg.checkpoint_every is None else self.step % cfg.checkpoint_every == 0
+            )
+            # Never overwrite `last` in the middle of a non-finite streak: the state from before
+            # it is the one worth going back to.
+            if due and not self.stop_requested and self.consecutive_bad_steps == 0:
+                self.save_checkpoint(last_eval if evaluated else None)
+            self._notify("on_step_end", metrics)
+        if last_eval.get("step") != self.step:
+            last_eval = self.evaluate()
+        self.save_checkpoint(last_eval)
+        if cfg.restore_best and self.checkpoints is not None and self.checkpoints.exists("best"):
+            self.model.load_state_dict(self.checkpoints.load("best")["model"])
+        self._notify("on_train_end", last_eval)
+        self.logger.close()
+        return last_eval
+
+    def _optimizer_step(self) -> dict[str, float]:
+        cfg = self.config
+        tick = time.perf_counter()
+        micro_batches = [self.next_batch() for _ in range(cfg.grad_accum_steps)]
+        counts = [self._count_targets(targets) for _, targets in micro_batches]
+        total = sum(counts)
+        loss = torch.zeros((), device=self.device)
+        for index, batch in enumerate(micro_batches):
+            # Token-weighted so k micro-batches give exactly the gradient of the one big batch
+            # even when padding makes their token counts differ.
+            weight = counts[index] / total if total else 1.0 / len(micro_batches)
+            last = index == len(micro_batches) - 1
+            no_sync = self.context.enabled and not last
+            with self._forward.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                micro_loss = self.training_step(batch) * weight
+                if self.scaler is not None:
+                    self.scaler.scale(micro_loss).backward()
+                else:
+                    micro_loss.backward()
+            loss += micro_loss.detach().float()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        loss_value, norm_value = float(loss), float(grad_norm)
+        metrics: dict[str, float] = {
+            "loss": loss_value,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+        }
+        finite = math.isfinite(loss_value) and (
+            math.isfinite(norm_value) or self.scaler is not None
+        )
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.consecutive_bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.consecutive_bad_steps += 1
+            _log.warning(
+                "step %d: non-finite loss %s / grad norm %s; update skipped (%d in a row)",
+                self.step + 1,
+                loss_value,
+                norm_value,
+                self.consecutive_bad_steps,
+            )
+            if self.consecutive_bad_steps >= cfg.max_bad_steps:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingError(
+                    f"{self.consecutive_bad_steps} consecutive non-finite steps, the last at step "
+                    f"{self.step + 1} (loss {loss_value}, grad norm {norm_value}); checkpoints "
+                    "were left as they were. Lower the learning rate or check the data."
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        elapsed = time.perf_counter() - tick
+        tokens = cfg.tokens_per_step(
+            block_size=self.train_data.block_size, world_size=self.context.world_size
+        )
+        self._tokens_per_s = tokens / elapsed if elapsed > 0 else 0.0
+        metrics.update(
+            grad_norm=norm_value,
+            tokens_per_s=self._tokens_per_s,
+            bad_steps=self.bad_steps,
+            epoch=self.batches.epoch,
+        )
+        return all_reduce_mean(metrics, self.context, self.device)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss and perplexity on the validation split and on a fixed train sample."""
+        was_training = self.model.training
+        self.model.eval()
+        metrics: dict[str, float] = {"step": float(self.step)}
+        splits = {"train": self._train_eval_batches()}
+        if self.val_data is not None:
+            splits["val"] = self.val_data.eval_batches(
+                self.config.batch_size, max_batches=self.config.eval_batches
+            )
+        for split, batches in splits.items():
+            loss_sum = tokens = 0.0
+            for inputs, targets in batches:
+                out = self.evaluation_step((inputs.to(self.device), targets.to(self.device)))
+                loss_sum += out["loss_sum"]
+                tokens += out["tokens"]
+            reduced = all_reduce_mean({"loss_sum": loss_sum, "tokens": tokens}, self.context)
+            mean = reduced["loss_sum"] / max(reduced["tokens"], 1.0)
+            metrics[f"{split}_loss"] = mean
+            metrics[f"{split}_ppl"] = math.exp(min(mean, 80.0))
+        metrics.update(self._health_metrics())
+        self.model.train(was_training)
+        if self.early_stopping is not None and self.early_stopping.update(metrics, step=self.step):
+            _log.info("early stopping at step %d", self.step)
+            self.stop_requested = True
+        self.log(metrics)
+        self._notify("on_evaluate", metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a run needs to continue bit for bit."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "epoch": self.batches.epoch,
+            "data": self.batches.state_dict(),
+            "rng": capture_rng_state(),
+            "early_stopping": _state_or_none(self.early_stopping),
+            "augment": _state_or_none(self.augment),
+            "config": _model_config(self.model),
+            "trainer_config": _plain(self.config.to_dict()),
+            "trainer": {
+                "bad_steps": self.bad_steps,
+                "rollbacks": self.rollbacks,
+                "loss_mean": self.loss_mean,
+                "world_size": self.context.world_size,
+            },
+            "versions": {"library": __version__},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, restore_data: bool = True) -> None:
+        """Restore a state from `state_dict`; `restore_data=False` keeps the current data
+        position and RNG (used by spike rollback, so the offending batches are skipped)."""
+        model_config = _model_config(self.model)
+        if state.get("config") is not None and model_config is not None:
+            check_config(state["config"], model_config)
+        saved_world = state.get("trainer", {}).get("world_size", 1)
+        if restore_data and saved_world != self.context.world_size:
+            raise CheckpointError(
+                f"the checkpoint was written with world size {saved_world} but this run has "
+                f"{self.context.world_size}; resume with the same number of processes"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        trainer_state = state.get("trainer", {})
+        self.bad_steps = int(trainer_state.get("bad_steps", 0))
+        self.loss_mean = trainer_state.get("loss_mean")
+        if not restore_data:
+            return
+        self.rollbacks = int(trainer_state.get("rollbacks", 0))
+        self.batches.load_state_dict(state["data"])
+        restore_rng_state(state["rng"])
+        if self.early_stopping is not None and state.get("early_stopping") is not None:
+            self.early_stopping.load_state_dict(state["early_stopping"])
+        if self.augment is not None and state.get("augment") is not None:
+            self.augment.load_state_dict(state["augment"])  # type: ignore[attr-defined]
+
+    def save_checkpoint(self, metrics: Mapping[str, float] | None = None) -> list[Any]:
+        """Write `last` (and `best`/periodic ones as the manager decides) from rank 0."""
+        if self.checkpoints is None or not self.context.is_main:
+            return []
+        try:
+            paths = self.checkpoints.save(self.state_dict(), step=self.step, metrics=metrics)
+        except CheckpointError:
+            if self.config.checkpoint_error == "raise":
+                raise
+            _log.exception("checkpoint at step %d failed; the previous one is intact", self.step)
+            return []
+        self._notify("on_checkpoint", paths)
+        return paths
+
+    def resume(self) -> bool:
+        """Continue from the newest checkpoint that verifies; False when there is none."""
+        if self.checkpoints is None:
+            raise ValueError("Trainer.resume needs a CheckpointManager (pass checkpoints=...)")
+        found = self.checkpoints.load_latest_good()
+        if found is None:
+            return False
+        name, state = found
+        self.load_state_dict(state)
+        for logger in self.logger.loggers:
+            rewind = getattr(logger, "rewind", None)
+            if rewind is not None:
+                rewind(self.step)
+        _log.info("resumed from %s at step %d", name, self.step)
+        return True
+
+    # ------------------------------------------------------------------ logging helpers
+    def log(self, metrics: Mapping[str, float]) -> None:
+        """Send metrics to every logger (rank 0 only)."""
+        self.logger.log({k: v for k, v in metrics.items() if k != "step"}, self.step)
+
+    def log_text(self, tag: str, text: str) -> None:
+        """Send text (e.g. a generated sample) to the loggers that accept text."""
+        self.logger.log_text(tag, text, self.step)
+
+    # ------------------------------------------------------------------ internals
+    def next_batch(self) -> Batch:
+        """One training micro-batch on the device, augmented when an augmentation is set."""
+        inputs, targets = next(self.batches)
+        if self.augment is not None:
+            inputs, targets = self.augment(inputs, targets, epoch=self.batches.epoch)
+        return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    def _train_eval_batches(self) -> Iterator[Batch]:
+        # A fixed sample of random train windows (same every evaluation, spread over the whole
+        # corpus) that never touches the training data stream's RNG.
+        generator = torch.Generator().manual_seed(self.config.seed + 1_000_003)
+        for _ in range(self.config.eval_batches):
+            yield self.train_data.sample_batch(self.config.batch_size, generator=generator)
+
+    def _count_targets(self, targets: Tensor) -> int:
+        pad_id = getattr(getattr(self.model, "config", None), "pad_id", None)
+        if pad_id is None:
+            return targets.numel()
+        return int((targets != pad_id).sum())
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _health_metrics(self) -> dict[str, float]:
+        with torch.no_grad():
+            weight_norm = math.sqrt(
+                sum(float(p.float().pow(2).sum()) for p in self.model.parameters())
+            )
+        metrics = {"weight_norm": weight_norm, "peak_mem_mb": _peak_memory_mb(self.device)}
+        flops = _flops_per_token(self.model)
+        peak = _peak_flops(self.device)
+        if flops is not None and peak is not None and self._tokens_per_s > 0:
+            # Model FLOPs utilisation: achieved model FLOPs / the hardware's dense bf16 peak.
+            metrics["mfu"] = flops * self._tokens_per_s / (peak * self.context.world_size)
+        return metrics
+
+    def _watch_for_spike(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            return
+        factor = self.config.spike_factor
+        if (
+            factor is not None
+            and self.loss_mean is not None
+            and self.step > self.config.warmup_steps
+            and loss > factor * self.loss_mean
+        ):
+            self._rollback(loss)
+            return
+        # An exponential moving mean over ~50 steps: slow enough to ignore noise.
+        self.loss_mean = loss if self.loss_mean is None else 0.98 * self.loss_mean + 0.02 * loss
+
+    def _rollback(self, loss: float) -> None:
+        if self.checkpoints is None:
+            _log.warning("loss spike at step %d but no checkpoints to roll back to", self.step)
+            return
+        if self.rollbacks >= self.config.max_rollbacks:
+            raise TrainingError(
+                f"loss {loss:.4f} at step {self.step} exceeds {self.config.spike_factor} x its "
+                f"running mean {self.loss_mean:.4f} after {self.rollbacks} rollbacks; stopping"
+            )
+        found = self.checkpoints.load_latest_good()
+        if found is None:
+            return
+        name, state = found
+        skipped_to = self.step
+        rollbacks = self.rollbacks + 1
+        self.load_state_dict(state, restore_data=False)
+        self.rollbacks = rollbacks
+        _log.warning(
+            "loss spike %.4f at step %d: rolled back to %s (step %d), skipping those batches",
+            loss,
+            skipped_to,
+            name,
+            self.step,
+        )
+        self.log({"rollback": float(self.rollbacks)})
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, event, None)
+            if method is not None and method(self, *args) is True:
+                self.stop_requested = True
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainerConfig.device={device!r} but CUDA is not available; use 'cpu'")
+    return resolved
+
+
+def _model_config(model: nn.Module) -> dict[str, Any] | None:
+    """The model's config as a plain dict, when it has one (the kit's GPT does)."""
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    return to_dict() if callable(to_dict) else None
+
+
+def _state_or_none(part: object) -> dict[str, Any] | None:
+    state_dict = getattr(part, "state_dict", None)
+    return state_dict() if state_dict is not None else None
+
+
+def _plain(value: Any) -> Any:
+    # Checkpoints load with weights_only=True, which refuses tuples of arbitrary objects less
+    # often than custom classes; keep configs as plain JSON-like values.
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux (bytes on macOS); this is the process's peak resident set.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _flops_per_token(model: nn.Module) -> float | None:
+    custom = getattr(model, "flops_per_token", None)
+    if callable(custom):
+        return float(custom())
+    config = getattr(model, "config", None)
+    needed = ("n_layer", "d_model", "block_size")
+    if config is None or not all(hasattr(config, name) for name in needed):
+        return None
+    n_params = sum(p.numel() for p in model.parameters())
+    # 6N for the matmuls of forward+backward plus 12 L d T for attention (PaLM, appendix B).
+    return 6 * n_params + 12 * config.n_layer * config.d_model * config.block_size
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in _PEAK_FLOPS.items():
+        if key in name:
+            return flops
+    return None

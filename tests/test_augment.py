@@ -1,0 +1,306 @@
+"""Tests for transformer_kit.augment: transforms, stage selection, row choice and exact resume."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transformer_kit.augment import (
+    Compose,
+    RandomCrop,
+    RandomTokenMask,
+    Stage,
+    StagedAugmentation,
+    three_stage,
+)
+
+VOCAB, PAD, MASK = 50, 0, 1
+
+
+def _batch(rows: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Language-modelling batch of ids in [2, VOCAB): never PAD nor MASK."""
+    ids = torch.randint(2, VOCAB, (rows, length + 1), generator=torch.Generator().manual_seed(seed))
+    return ids[:, :-1].clone(), ids[:, 1:].clone()
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _staged(seed: int = 0) -> StagedAugmentation:
+    return three_stage(
+        RandomTokenMask(0.2, mask_id=MASK),
+        Compose([RandomCrop(2), RandomTokenMask(0.4, mask_id=MASK, protected_ids=(PAD,))]),
+        seed=seed,
+    )
+
+
+# ---- transforms --------------------------------------------------------------------------------
+
+TRANSFORMS = {
+    "mask": RandomTokenMask(0.5, mask_id=MASK, protected_ids=(PAD,)),
+    "crop": RandomCrop(3, target_pad_id=-100),
+    "compose": Compose([RandomCrop(3), RandomTokenMask(0.5, mask_id=MASK)]),
+    "empty_compose": Compose([]),
+}
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_transforms_never_mutate_nor_alias_inputs(name):
+    inputs, targets = _batch(8, 16)
+    before = (inputs.clone(), targets.clone())
+    out_inputs, out_targets = TRANSFORMS[name](inputs, targets, generator=_gen(0))
+    assert torch.equal(inputs, before[0]) and torch.equal(targets, before[1])
+    assert out_inputs.shape == inputs.shape and out_targets.shape == targets.shape
+    assert out_inputs.data_ptr() != inputs.data_ptr()
+    assert out_targets.data_ptr() != targets.data_ptr()
+
+
+def test_staged_augmentation_never_mutates_inputs():
+    inputs, targets = _batch(8, 16)
+    before = (inputs.clone(), targets.clone())
+    aug = _staged()
+    for epoch in (0, 15, 40):
+        out_inputs, _ = aug(inputs, targets, epoch=epoch)
+        assert out_inputs.data_ptr() != inputs.data_ptr()
+    assert torch.equal(inputs, before[0]) and torch.equal(targets, before[1])
+
+
+def test_token_mask_fraction_matches_p():
+    inputs, targets = _batch(64, 256)  # 16384 tokens: std of the fraction is about 0.0036
+    out, _ = RandomTokenMask(0.3, mask_id=MASK)(inputs, targets, generator=_gen(1))
+    assert abs((out == MASK).float().mean().item() - 0.3) < 0.02
+
+
+def test_token_mask_spares_protected_ids_and_targets():
+    inputs, targets = _batch(4, 32)
+    inputs[:, ::3] = PAD
+    out, out_targets = RandomTokenMask(1.0, mask_id=MASK, protected_ids=[PAD])(
+        inputs, targets, generator=_gen(0)
+    )
+    assert torch.equal(out == PAD, inputs == PAD)
+    assert bool((out[inputs != PAD] == MASK).all())
+    assert torch.equal(out_targets, targets)
+
+
+@given(seed=st.integers(0, 2**31), p=st.floats(0.0, 1.0), rows=st.integers(1, 6))
+def test_token_mask_only_writes_mask_id_off_protected_positions(seed, p, rows):
+    inputs, targets = _batch(rows, 12, seed)
+    inputs[:, 0] = PAD
+    out, out_targets = RandomTokenMask(p, mask_id=MASK, protected_ids=(PAD,))(
+        inputs, targets, generator=_gen(seed)
+    )
+    changed = out != inputs
+    assert bool((out[changed] == MASK).all())
+    assert torch.equal(out[:, 0], inputs[:, 0])
+    assert torch.equal(out_targets, targets)
+    if p == 0.0:
+        assert not bool(changed.any())
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    rows=st.integers(1, 8),
+    length=st.integers(1, 16),
+    min_length=st.integers(1, 16),
+)
+def test_crop_pads_inputs_and_targets_consistently(seed, rows, length, min_length):
+    min_length = min(min_length, length)
+    inputs, targets = _batch(rows, length, seed)
+    out, out_targets = RandomCrop(min_length, pad_id=PAD, target_pad_id=-100)(
+        inputs, targets, generator=_gen(seed)
+    )
+    for row in range(rows):
+        kept = int((out[row] != PAD).sum())
+        assert min_length <= kept <= length
+        assert torch.equal(out[row, :kept], inputs[row, :kept])
+        assert torch.equal(out_targets[row, :kept], targets[row, :kept])
+        assert bool((out[row, kept:] == PAD).all())
+        assert bool((out_targets[row, kept:] == -100).all())
+
+
+def test_crop_lengths_cover_the_whole_range():
+    inputs, targets = _batch(400, 6)
+    out, out_targets = RandomCrop(3)(inputs, targets, generator=_gen(0))
+    lengths = (out != PAD).sum(dim=1)
+    assert set(lengths.tolist()) == {3, 4, 5, 6}
+    assert torch.equal(out_targets == PAD, out == PAD)  # target_pad_id defaults to pad_id
+
+
+def test_crop_refuses_rows_shorter_than_min_length():
+    inputs, targets = _batch(2, 4)
+    with pytest.raises(ValueError, match="T=4 is shorter than min_length=5"):
+        RandomCrop(5)(inputs, targets, generator=_gen(0))
+
+
+def test_compose_applies_in_order_with_one_generator():
+    crop, mask = RandomCrop(2), RandomTokenMask(0.5, mask_id=MASK)
+    inputs, targets = _batch(6, 10)
+    got = Compose([crop, mask])(inputs, targets, generator=_gen(3))
+    generator = _gen(3)
+    want = mask(*crop(inputs, targets, generator=generator), generator=generator)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: RandomTokenMask(1.5, mask_id=1), ValueError, "p must be a number in"),
+        (lambda: RandomTokenMask(float("nan"), mask_id=1), ValueError, r"got nan"),
+        (lambda: RandomTokenMask(0.1, mask_id=-1), ValueError, "mask_id must be an int >= 0"),
+        (lambda: RandomCrop(0), ValueError, "min_length must be an int >= 1, got 0"),
+        (lambda: RandomCrop(2, target_pad_id=1.0), ValueError, "target_pad_id must be an int"),
+        (lambda: Compose([3]), TypeError, "transforms must be callables"),
+        (lambda: Stage(-1, None, 0.0), ValueError, "start_epoch must be an int >= 0, got -1"),
+        (lambda: Stage(0, None, 2.0), ValueError, "p must be a number in"),
+        (lambda: StagedAugmentation([]), ValueError, "stages must be non-empty"),
+        (
+            lambda: StagedAugmentation([Stage(1, None, 0.0)]),
+            ValueError,
+            r"first stage must start at epoch 0, got start epochs \[1\]",
+        ),
+        (
+            lambda: StagedAugmentation([Stage(0, None, 0.0), Stage(0, None, 0.0)]),
+            ValueError,
+            r"strictly increasing, got \[0, 0\]",
+        ),
+        (
+            lambda: StagedAugmentation([Stage(0, None, 0.0), Stage(5, None, 0), Stage(3, None, 0)]),
+            ValueError,
+            r"strictly increasing, got \[0, 5, 3\]",
+        ),
+        (lambda: three_stage(Compose([]), Compose([]), light_from=0), ValueError, "light_from"),
+        (
+            lambda: three_stage(Compose([]), Compose([]), light_from=5, heavy_from=5),
+            ValueError,
+            r"heavy_from must be an int > light_from \(5\), got 5",
+        ),
+    ],
+)
+def test_validation_names_parameter(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_batches_are_validated():
+    mask = RandomTokenMask(0.1, mask_id=MASK)
+    inputs, targets = _batch(2, 4)
+    with pytest.raises(ValueError, match="inputs must be a 2-D integer tensor"):
+        mask(inputs.float(), targets, generator=_gen(0))
+    with pytest.raises(ValueError, match="same shape"):
+        mask(inputs, targets[:, :3], generator=_gen(0))
+    with pytest.raises(ValueError, match="epoch must be an int >= 0, got -1"):
+        _staged()(inputs, targets, epoch=-1)
+
+
+# ---- StagedAugmentation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "epoch, stage_index", [(0, 0), (9, 0), (10, 1), (29, 1), (30, 2), (100, 2)]
+)
+def test_stage_selection_at_boundaries(epoch, stage_index):
+    light, heavy = RandomTokenMask(0.1, mask_id=MASK), RandomCrop(2)
+    aug = three_stage(light, heavy)
+    stage = aug.stage_at(epoch)
+    assert stage is aug.stages[stage_index]
+    assert (stage.transform, stage.p) == [(None, 0.0), (light, 0.5), (heavy, 0.8)][stage_index]
+
+
+@pytest.mark.parametrize("p", [0.3, 0.8])
+def test_rows_follow_the_documented_draws_and_others_are_unchanged(p):
+    aug = StagedAugmentation([Stage(0, RandomTokenMask(1.0, mask_id=MASK), p)], seed=11)
+    inputs, targets = _batch(32, 8)
+    out, out_targets = aug(inputs, targets, epoch=0)
+    want_chosen = torch.rand(32, generator=_gen(11)) < p  # one uniform draw per row
+    for row in range(32):
+        if want_chosen[row]:
+            assert bool((out[row] == MASK).all())
+        else:
+            assert torch.equal(out[row], inputs[row])
+    assert torch.equal(out_targets, targets)
+
+
+def test_per_row_application_frequency_matches_p():
+    aug = StagedAugmentation([Stage(0, RandomTokenMask(1.0, mask_id=MASK), 0.8)], seed=5)
+    inputs, targets = _batch(2000, 4)  # std of the fraction is about 0.009
+    out, _ = aug(inputs, targets, epoch=0)
+    assert abs((out[:, 0] == MASK).float().mean().item() - 0.8) < 0.04
+
+
+@pytest.mark.parametrize("stage", [Stage(0, None, 0.5), Stage(0, RandomCrop(1), 0.0)])
+def test_inactive_stage_returns_the_batch_and_draws_nothing(stage):
+    aug = StagedAugmentation([stage], seed=4)
+    before = aug.state_dict()["generator"].clone()
+    inputs, targets = _batch(4, 8)
+    out, out_targets = aug(inputs, targets, epoch=3)
+    assert torch.equal(out, inputs) and torch.equal(out_targets, targets)
+    assert torch.equal(aug.state_dict()["generator"], before)
+    assert aug.calls == 1
+
+
+def test_inactive_epochs_do_not_shift_the_random_stream():
+    inputs, targets = _batch(16, 8)
+    skipping, direct = _staged(seed=9), _staged(seed=9)
+    for epoch in range(10):
+        skipping(inputs, targets, epoch=epoch)
+    assert torch.equal(skipping(inputs, targets, epoch=10)[0], direct(inputs, targets, epoch=10)[0])
+
+
+def _run(aug: StagedAugmentation, epochs: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [aug(*_batch(8, 12, seed=i), epoch=epoch) for i, epoch in enumerate(epochs)]
+
+
+def _same(a, b) -> bool:
+    if len(a) != len(b):
+        return False
+    return all(
+        torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True)
+    )
+
+
+EPOCHS = [10, 11, 12, 20, 29, 30, 31, 35, 40, 41]  # every call draws randomness
+
+
+def test_same_seed_is_deterministic_and_other_seeds_differ():
+    assert _same(_run(_staged(seed=3), EPOCHS), _run(_staged(seed=3), EPOCHS))
+    assert not _same(_run(_staged(seed=3), EPOCHS), _run(_staged(seed=4), EPOCHS))
+
+
+@settings(max_examples=20)
+@given(split=st.integers(1, len(EPOCHS) - 1), seed=st.integers(0, 1000))
+def test_resume_matches_an_uninterrupted_run(split, seed):
+    want = _run(_staged(seed), EPOCHS)
+
+    first = _staged(seed)
+    got = _run(first, EPOCHS[:split])
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    resumed = _staged(seed=seed + 1)  # the saved seed wins over the constructor's
+    resumed.load_state_dict(state)
+    assert _same(got + _resume_rest(resumed, split), want)
+    assert resumed.calls == len(EPOCHS)
+    assert resumed.seed == seed
+
+    control = _resume_rest(_staged(seed), split)  # same seed, fresh stream: must differ
+    assert not _same(control, want[split:])
+
+
+def _resume_rest(aug: StagedAugmentation, split: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [aug(*_batch(8, 12, seed=i), epoch=EPOCHS[i]) for i in range(split, len(EPOCHS))]
+
+
+def test_transform_changing_the_shape_is_refused():
+    def shrink(inputs, targets, *, generator):
+        return inputs[:, :-1], targets[:, :-1]
+
+    aug = StagedAugmentation([Stage(0, shrink, 1.0)])
+    with pytest.raises(ValueError, match="must keep the batch shape"):
+        aug(*_batch(2, 4), epoch=0)

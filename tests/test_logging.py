@@ -1,0 +1,358 @@
+"""Tests for transformer_kit.logging: JSONL, TensorBoard, console, fan-out and plots."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transformer_kit.logging import (
+    ConsoleLogger,
+    JSONLLogger,
+    MetricLogger,
+    MultiLogger,
+    TensorBoardLogger,
+    plot_metrics,
+    read_metrics,
+)
+
+# --- JSONL ------------------------------------------------------------------------------------
+
+
+def test_jsonl_round_trip_creates_parents_and_keeps_ints(tmp_path):
+    path = tmp_path / "deep" / "run" / "metrics.jsonl"
+    with JSONLLogger(path) as logger:
+        logger.log({"loss": 2.5, "tokens": 4096}, step=1)
+        logger.log({"val_loss": 2.25}, step=2)
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"step": 1, "loss": 2.5, "tokens": 4096}'
+    assert read_metrics(path) == [
+        {"step": 1, "loss": 2.5, "tokens": 4096},
+        {"step": 2, "val_loss": 2.25},
+    ]
+
+
+@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=5))
+def test_jsonl_lines_are_strict_json_with_null_for_non_finite(tmp_path_factory, values):
+    path = tmp_path_factory.mktemp("j") / "m.jsonl"
+    with JSONLLogger(path) as logger:
+        logger.log({f"k{i}": v for i, v in enumerate(values)}, step=7)
+    line = path.read_text().strip()
+    # Strict parsing: Python's json would otherwise accept NaN/Infinity tokens.
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON token {c}"))
+    for i, v in enumerate(values):
+        assert record[f"k{i}"] == (v if math.isfinite(v) else None)
+
+
+def test_jsonl_flushes_each_line_before_close(tmp_path):
+    path = tmp_path / "m.jsonl"
+    logger = JSONLLogger(path)
+    logger.log({"loss": 1.0}, step=1)
+    assert read_metrics(path) == [{"step": 1, "loss": 1.0}]
+    logger.close()
+    logger.close()
+    with pytest.raises(ValueError, match="after close"):
+        logger.log({"loss": 1.0}, step=2)
+
+
+def test_jsonl_rejects_a_step_metric(tmp_path):
+    with JSONLLogger(tmp_path / "m.jsonl") as logger, pytest.raises(ValueError, match="'step'"):
+        logger.log({"step": 3.0}, step=3)
+
+
+def _write_crashed_run(path, last_step, *, truncated_tail=True):
+    with JSONLLogger(path) as logger:
+        for step in range(1, last_step + 1):
+            logger.log({"loss": 1.0 / step}, step=step)
+    if truncated_tail:
+        with open(path, "a") as f:
+            f.write('{"step": 99, "lo')  # the crash cut this line short
+
+
+def test_resume_step_keeps_earlier_records_and_drops_the_truncated_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    _write_crashed_run(path, 8)
+    assert [r["step"] for r in read_metrics(path)] == list(range(1, 9))  # skips the tail
+    with JSONLLogger(path, resume_step=5) as logger:
+        assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4, 5]
+        logger.log({"loss": 0.5}, step=6)
+    records = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[-1]["loss"] == 0.5 and records[1]["loss"] == 0.5
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_resume_step_on_a_missing_file_starts_empty(tmp_path):
+    path = tmp_path / "new.jsonl"
+    with JSONLLogger(path, resume_step=10) as logger:
+        logger.log({"loss": 1.0}, step=11)
+    assert read_metrics(path) == [{"step": 11, "loss": 1.0}]
+
+
+def test_append_without_resume_drops_a_partial_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    _write_crashed_run(path, 2)
+    with JSONLLogger(path) as logger:
+        logger.log({"loss": 9.0}, step=3)
+    # Control on the cleanup: every line parses, so nothing was glued to the partial line.
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+def test_read_metrics_rejects_a_corrupt_middle_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, oops\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        read_metrics(path)
+
+
+# --- TensorBoard ------------------------------------------------------------------------------
+
+
+def test_tensorboard_scalars_and_text_read_back(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path / "tb")
+    logger.log({"loss": 2.5, "lr": 3e-4}, step=1)
+    logger.log({"loss": 2.0, "lr": 3e-4}, step=2)
+    logger.log_text("sample", "hello world", step=2)
+    logger.close()
+    assert isinstance(logger, MetricLogger)
+
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    losses = [(e.step, e.value) for e in acc.Scalars("loss")]
+    assert losses == [(1, 2.5), (2, 2.0)]
+    assert acc.Scalars("lr")[0].value == pytest.approx(3e-4)
+    text_tag = next(t for t in acc.Tags()["tensors"] if t.startswith("sample"))
+    event = acc.Tensors(text_tag)[0]
+    assert event.step == 2
+    assert event.tensor_proto.string_val[0].decode() == "hello world"
+
+
+def test_jsonl_rewind_drops_later_steps_and_keeps_logging(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with JSONLLogger(path) as logger:
+        for step in range(1, 9):
+            logger.log({"loss": float(step)}, step=step)
+        logger.rewind(5)
+        logger.log({"loss": 60.0}, step=6)
+    assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0), (6, 60.0)
+    ]  # fmt: skip
+
+
+def test_tensorboard_rewind_purges_events_after_the_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path / "tb")
+    for step in range(1, 6):
+        logger.log({"loss": float(step)}, step=step)
+    logger.rewind(3)
+    logger.log({"loss": 40.0}, step=4)
+    logger.close()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)
+    ]  # fmt: skip
+
+
+# --- Console ----------------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_console_training_line_format_and_eta():
+    out, clock = io.StringIO(), _Clock()
+    console = ConsoleLogger(total_steps=2000, stream=out, progress=False, clock=clock)
+    console.log({"loss": 2.5}, step=100)
+    clock.now = 2.0  # 20 steps in 2 s: 0.1 s/step, 1880 steps left -> 188 s
+    metrics = {"loss": 2.34561, "lr": 3e-4, "grad_norm": 0.8123, "tokens_per_s": 12345.4}
+    console.log(metrics, step=120)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "step 100/2000 | loss 2.5000"  # no ETA before two timings
+    assert lines[1] == (
+        "step 120/2000 | loss 2.3456 | lr 3.00e-04 | grad_norm 0.812 | tok/s 12,345 | eta 3m08s"
+    )
+
+
+def test_console_eval_line_is_printed_regardless_of_every():
+    out = io.StringIO()
+    console = ConsoleLogger(stream=out, every=50, progress=False)
+    console.log({"loss": 1.0}, step=7)  # skipped: 7 % 50 != 0
+    console.log({"val_loss": 2.1, "val_ppl": 8.16617}, step=7)
+    console.log({"loss": 1.0, "tokens": 1234567}, step=50)
+    assert out.getvalue().splitlines() == [
+        "eval step 7 | val_loss 2.1000 | val_ppl 8.1662",
+        "step 50 | loss 1.0000 | tokens 1,234,567",
+    ]
+
+
+def test_console_prints_the_last_step_even_off_the_every_grid():
+    out = io.StringIO()
+    console = ConsoleLogger(total_steps=75, stream=out, every=50, progress=False)
+    for step in (49, 50, 74, 75):
+        console.log({"loss": 1.0}, step=step)
+    assert [line.split(" | ")[0] for line in out.getvalue().splitlines()] == [
+        "step 50/75",
+        "step 75/75",
+    ]
+
+
+@pytest.mark.parametrize(
+    "key, value, text",
+    [
+        ("loss", float("nan"), "nan"),
+        ("loss", float("inf"), "inf"),
+        ("min_lr", 1e-5, "1.00e-05"),
+        ("loss", 1234.56, "1,235"),
+        ("accuracy", 0.5, "0.5000"),
+    ],
+)
+def test_console_value_formats(key, value, text):
+    out = io.StringIO()
+    ConsoleLogger(stream=out, progress=False).log({key: value}, step=1)
+    assert out.getvalue() == f"step 1 | {key} {text}\n"
+
+
+@pytest.mark.parametrize(
+    "total_steps, later_time, expected",
+    [
+        (10_000, [10.0, 20.0], ["eta 2h46m", "eta 3h41m"]),  # 9990 s; then 4/3 s x 9985
+        (20, [5.0, 6.0], ["eta 5s", "eta 2s"]),  # 0.5 s x 10; then 0.4 s x 5
+    ],
+)
+def test_console_eta_averages_the_recent_steps(total_steps, later_time, expected):
+    out, clock = io.StringIO(), _Clock()
+    console = ConsoleLogger(total_steps=total_steps, stream=out, progress=False, clock=clock)
+    console.log({}, step=0)
+    for step, now in zip((10, 15), later_time, strict=True):
+        clock.now = now
+        console.log({}, step=step)
+    assert [line.split(" | ")[-1] for line in out.getvalue().splitlines()[1:]] == expected
+
+
+def test_console_log_text_prints_under_a_header():
+    out = io.StringIO()
+    ConsoleLogger(stream=out, progress=False).log_text("sample", "To be\nor not", step=40)
+    assert out.getvalue() == "--- sample (step 40) ---\nTo be\nor not\n"
+
+
+def test_console_progress_auto_is_off_for_a_non_tty_and_bar_when_forced():
+    out = io.StringIO()
+    plain = ConsoleLogger(stream=out, progress=None)
+    plain.log({"loss": 1.0}, step=1)
+    assert out.getvalue() == "step 1 | loss 1.0000\n"
+
+    bar_out = io.StringIO()
+    bar = ConsoleLogger(total_steps=10, stream=bar_out, progress=True)
+    bar.log({"loss": 1.5}, step=4)
+    bar.log({"val_loss": 1.25}, step=4)
+    bar.close()
+    text = bar_out.getvalue()
+    assert "4/10" in text and "loss 1.5000" in text
+    assert "eval step 4 | val_loss 1.2500" in text
+
+
+def test_console_rejects_bad_every():
+    with pytest.raises(ValueError, match="every must be an int >= 1, got 0"):
+        ConsoleLogger(every=0)
+
+
+# --- MultiLogger ------------------------------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def log(self, metrics, step):
+        self.calls.append(("log", dict(metrics), step))
+        if self.fail:
+            raise RuntimeError(f"boom {id(self)}")
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+class _TextRecorder(_Recorder):
+    def log_text(self, tag, text, step):
+        self.calls.append(("log_text", tag, text, step))
+
+
+def test_multilogger_fans_out_and_sends_text_only_where_supported():
+    plain, texty = _Recorder(), _TextRecorder()
+    multi = MultiLogger([plain, texty])
+    multi.log({"loss": 1.0}, step=3)
+    multi.log_text("sample", "abc", step=3)
+    multi.close()
+    assert plain.calls == [("log", {"loss": 1.0}, 3), ("close",)]
+    assert texty.calls == [("log", {"loss": 1.0}, 3), ("log_text", "sample", "abc", 3), ("close",)]
+    assert isinstance(multi, MetricLogger)
+
+
+def test_multilogger_calls_everyone_then_raises_the_first_error(caplog):
+    first_bad, second_bad, good = _Recorder(fail=True), _Recorder(fail=True), _Recorder()
+    multi = MultiLogger([first_bad, good, second_bad])
+    with pytest.raises(RuntimeError, match=f"boom {id(first_bad)}"):
+        multi.log({"loss": 1.0}, step=1)
+    assert good.calls == [("log", {"loss": 1.0}, 1)]
+    assert second_bad.calls == [("log", {"loss": 1.0}, 1)]
+    assert f"boom {id(second_bad)}" in caplog.text
+
+
+def test_multilogger_rejects_non_loggers():
+    with pytest.raises(TypeError, match=r"loggers\[1\] must have log"):
+        MultiLogger([_Recorder(), object()])
+
+
+# --- plot_metrics -----------------------------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == _PNG_SIGNATURE
+    width, height = struct.unpack(">II", data[16:24])  # IHDR follows the signature
+    return len(data), width, height
+
+
+def test_plot_metrics_writes_a_png_with_one_panel_per_metric_group(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with JSONLLogger(path) as logger:
+        for step in range(1, 21):
+            logger.log({"loss": 3.0 / step, "lr": 1e-3, "grad_norm": 1.0}, step=step)
+            if step % 5 == 0:
+                logger.log({"val_loss": 3.2 / step}, step=step)
+    full = plot_metrics(path, tmp_path / "plots" / "full.png")
+    assert full == tmp_path / "plots" / "full.png"
+    size, width, full_height = _png_size(full)
+    assert size > 5_000 and width > 100
+
+    # Records without lr/grad_norm: the loss panel alone, so a shorter figure.
+    sparse = tmp_path / "sparse.jsonl"
+    sparse.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "val_loss": null}\n{"step": 3}\n')
+    _, _, loss_only_height = _png_size(plot_metrics(sparse, tmp_path / "sparse.png"))
+    assert loss_only_height * 2 < full_height
+
+
+def test_plot_metrics_with_no_known_keys_says_what_the_file_has(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1, "accuracy": 0.5}\n')
+    with pytest.raises(ValueError, match=r"it has \['accuracy'\]"):
+        plot_metrics(path, tmp_path / "out.png")
+    assert _png_size(plot_metrics(path, tmp_path / "acc.png", keys=["accuracy"]))[0] > 1_000

@@ -1,0 +1,93 @@
+"""The public surface, pinned: changing a list here is a CHANGELOG line."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import transformer_kit
+
+PUBLIC = {
+    "": [
+        "GPT", "CharTokenizer", "CheckpointManager", "GPTConfig", "TokenDataset", "Trainer",
+        "TrainerConfig", "Vocabulary", "__version__", "generate",
+    ],
+    "tokenization": [
+        "ByteTokenizer", "CharTokenizer", "DEFAULT_SPECIALS", "SPECIAL_GROUP", "Tokenizer",
+        "Vocabulary", "load_tokenizer",
+    ],
+    "models": ["Block", "CausalSelfAttention", "GPT", "GPTConfig", "MLP", "Output"],
+    "data": [
+        "RandomBatches", "TokenDataset", "read_text_file", "stdlib_corpus", "stdlib_files",
+        "train_val_split",
+    ],
+    "schedules": [
+        "LRFinderResult", "constant_with_warmup", "inverse_sqrt", "lambda_lr", "lr_finder",
+        "warmup_cosine", "warmup_linear",
+    ],
+    "sampling": ["LogitsFilter", "apply_temperature", "filter_top_k", "filter_top_p", "generate"],
+    "checkpoint": [
+        "CheckpointError", "CheckpointManager", "FORMAT_VERSION", "Stateful", "capture_rng_state",
+        "check_config", "export_weights", "load_checkpoint", "load_weights", "restore_rng_state",
+        "save_checkpoint",
+    ],
+    "logging": [
+        "ConsoleLogger", "JSONLLogger", "MetricLogger", "MultiLogger", "TensorBoardLogger",
+        "plot_metrics", "read_metrics",
+    ],
+    "early_stopping": ["CombinedScore", "EarlyStopping", "Mode"],
+    "augment": [
+        "Augmentation", "Compose", "RandomCrop", "RandomTokenMask", "Stage", "StagedAugmentation",
+        "three_stage",
+    ],
+    "distributed": ["DistributedContext", "all_reduce_mean", "init_distributed"],
+    "trainer": ["Batch", "Trainer", "TrainerConfig", "TrainingError"],
+    "cli": ["main"],
+}  # fmt: skip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("module, names", PUBLIC.items())
+def test_public_surface_is_pinned(module, names):
+    mod = importlib.import_module(f"transformer_kit.{module}" if module else "transformer_kit")
+    assert sorted(mod.__all__) == sorted(names)
+    for name in names:
+        assert hasattr(mod, name), f"{module}.__all__ names {name} but it is not defined"
+
+
+def test_every_documented_module_has_a_page():
+    for module in PUBLIC:
+        if module:
+            assert (ROOT / "docs" / f"{module}.md").exists(), module
+
+
+def test_version_is_written_in_one_place():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'attr = "transformer_kit._version.__version__"' in text
+    assert transformer_kit.__version__.count(".") == 2
+
+
+def test_py_typed_ships():
+    assert (Path(transformer_kit.__file__).parent / "py.typed").exists()
+
+
+def test_console_script_answers_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "transformer_kit.cli", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert transformer_kit.__version__ in out.stdout
+
+
+def test_readme_opens_with_the_two_commands():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    block = lines[lines.index("```bash") + 1 : lines.index("```bash") + 3]
+    assert block[0].startswith("make run") and block[1].startswith("make test")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "torch==2.13.0" in makefile and "pytest" in makefile
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -1,0 +1,387 @@
+"""Trainer: exact resume, accumulation equivalence, non-finite steps, rollback, DDP, policies."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformer_kit import schedules
+from transformer_kit.checkpoint import CheckpointError, CheckpointManager
+from transformer_kit.data import TokenDataset
+from transformer_kit.early_stopping import EarlyStopping
+from transformer_kit.logging import JSONLLogger, read_metrics
+from transformer_kit.models import GPT, GPTConfig
+from transformer_kit.trainer import Trainer, TrainerConfig, TrainingError
+
+HERE = Path(__file__).parent
+CHILD = HERE / "_train_child.py"
+sys.path.insert(0, str(HERE))
+from _train_child import corpus  # noqa: E402
+
+
+def make_trainer(tmp_path: Path | None = None, *, trainer_cls=Trainer, **overrides) -> Trainer:
+    """A tiny GPT on the child's corpus; keys of TrainerConfig go to the config, the rest
+    (parts such as loggers, or a subclass's own keywords) to the trainer's constructor."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=24, block_size=16, n_layer=2, n_head=2, d_model=32))
+    settings = dict(
+        max_steps=6, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=3, eval_batches=2, seed=3
+    )
+    fields = set(TrainerConfig.__dataclass_fields__)
+    settings.update({k: v for k, v in overrides.items() if k in fields})
+    kwargs = {k: v for k, v in overrides.items() if k not in fields}
+    if tmp_path is not None:
+        kwargs.setdefault("checkpoints", CheckpointManager(tmp_path / "checkpoints"))
+    data = corpus()
+    return trainer_cls(
+        model,
+        TrainerConfig(**settings),
+        TokenDataset(data[:3500], 16),
+        TokenDataset(data[3500:], 16),
+        **kwargs,
+    )
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_lowers_loss_and_writes_best_and_last(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=30, eval_every=10)
+    first = trainer.evaluate()["val_loss"]
+    final = trainer.fit()
+    assert final["val_loss"] < first - 0.5
+    assert math.isclose(final["val_ppl"], math.exp(final["val_loss"]), rel_tol=1e-9)
+    assert (tmp_path / "checkpoints" / "last.pt").exists()
+    assert (tmp_path / "checkpoints" / "best.pt").exists()
+    assert trainer.checkpoints.load("last")["step"] == 30
+
+
+def test_logged_lr_follows_warmup_cosine(tmp_path):
+    path = tmp_path / "m.jsonl"
+    trainer = make_trainer(
+        max_steps=8, warmup_steps=3, min_lr_ratio=0.1, loggers=[JSONLLogger(path)]
+    )
+    trainer.fit()
+    records = [r for r in read_metrics(path) if "lr" in r]
+    for record in records:
+        step = record["step"] - 1  # the lr used by optimizer step n is the schedule at n - 1
+        expected = 3e-3 * schedules.warmup_cosine(
+            step, warmup_steps=3, total_steps=8, min_ratio=0.1
+        )
+        assert record["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert [r["step"] for r in records] == list(range(1, 9))
+
+
+def test_weight_decay_only_on_matrices():
+    trainer = make_trainer()
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"])
+    embeddings = {
+        id(m.weight) for m in trainer.model.modules() if isinstance(m, torch.nn.Embedding)
+    }
+    assert not embeddings & {id(p) for p in decay["params"]}
+    assert all(p.dim() == 1 or id(p) in embeddings for p in no_decay["params"])
+    n_opt = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    assert n_opt == trainer.model.num_parameters()
+
+
+def test_resume_in_process_matches_uninterrupted_run(tmp_path):
+    straight = make_trainer(tmp_path / "a", max_steps=6, checkpoint_every=3)
+    straight.fit()
+
+    class StopAt3:
+        def on_step_end(self, trainer, metrics):
+            return trainer.step == 3
+
+    first = make_trainer(tmp_path / "b", max_steps=6, checkpoint_every=3, callbacks=[StopAt3()])
+    first.fit()
+    assert first.step == 3
+    second = make_trainer(tmp_path / "b", max_steps=6, checkpoint_every=3)
+    assert second.resume() and second.step == 3
+    second.fit()
+    for key, value in weights(straight.model).items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+
+
+class FixedBatches(Trainer):
+    """Feeds micro-batches from a list: the accumulation test controls exactly what is seen."""
+
+    def __init__(self, *args, batches, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fixed = iter(batches)
+
+    def next_batch(self):
+        return next(self._fixed)
+
+    def configure_optimizer(self):
+        # Plain SGD: its update is proportional to the gradient. Adam's first step is about
+        # lr * sign(g), which turns float noise in near-zero gradients into visible differences.
+        return torch.optim.SGD(self.model.parameters(), lr=0.5)
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randint(4, 24, (8, 16), generator=g)
+    targets = torch.randint(4, 24, (8, 16), generator=g)
+    targets[:3, 10:] = 0  # padding: micro-batches then hold different numbers of real tokens
+    # warmup_steps=0: with warmup, step 0's multiplier is 0 and nothing would move.
+    big = make_trainer(
+        trainer_cls=FixedBatches,
+        max_steps=1,
+        warmup_steps=0,
+        batch_size=8,
+        batches=[(inputs, targets)],
+    )
+    small = make_trainer(
+        trainer_cls=FixedBatches,
+        max_steps=1,
+        warmup_steps=0,
+        batch_size=4,
+        grad_accum_steps=2,
+        batches=[(inputs[:4], targets[:4]), (inputs[4:], targets[4:])],
+    )
+    before = weights(big.model)
+    big.fit()
+    small.fit()
+    moved = 0
+    for key, value in big.model.state_dict().items():
+        torch.testing.assert_close(small.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(value, before[key]))
+    assert moved > 0
+
+
+class NanAt(Trainer):
+    def __init__(self, *args, nan_steps, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nan_steps = set(nan_steps)
+
+    def training_step(self, batch):
+        loss = super().training_step(batch)
+        return loss * float("nan") if self.step + 1 in self.nan_steps else loss
+
+
+def test_non_finite_step_is_skipped_and_counted(tmp_path):
+    path = tmp_path / "m.jsonl"
+    trainer = make_trainer(
+        trainer_cls=NanAt, nan_steps={3}, max_steps=4, eval_every=100, loggers=[JSONLLogger(path)]
+    )
+    snapshots = []
+
+    class Snap:
+        def on_step_end(self, trainer, metrics):
+            snapshots.append(weights(trainer.model))
+
+    trainer.callbacks.append(Snap())
+    trainer.fit()
+    for key in snapshots[1]:
+        assert torch.equal(snapshots[1][key], snapshots[2][key])  # step 3 changed nothing
+    assert any(not torch.equal(snapshots[2][k], snapshots[3][k]) for k in snapshots[2])  # 4 did
+    records = [r for r in read_metrics(path) if "bad_steps" in r]
+    assert [r["bad_steps"] for r in records] == [0.0, 0.0, 1.0, 1.0]
+    assert trainer.bad_steps == 1
+
+
+def test_too_many_bad_steps_stop_with_the_step_named_and_checkpoints_untouched(tmp_path):
+    trainer = make_trainer(
+        tmp_path,
+        trainer_cls=NanAt,
+        nan_steps={5, 6, 7},
+        max_steps=10,
+        max_bad_steps=3,
+        checkpoint_every=2,
+        eval_every=100,
+    )
+    with pytest.raises(TrainingError, match="step 7"):
+        trainer.fit()
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert trainer.checkpoints.load("last")["step"] == 4
+    assert last.exists()
+
+
+def test_spike_rolls_back_to_last_good_checkpoint(tmp_path):
+    class SpikeAt(Trainer):
+        def training_step(self, batch):
+            loss = super().training_step(batch)
+            return loss * 100 if self.step + 1 == 9 and self.rollbacks == 0 else loss
+
+    trainer = make_trainer(
+        tmp_path,
+        trainer_cls=SpikeAt,
+        max_steps=12,
+        warmup_steps=2,
+        spike_factor=5.0,
+        checkpoint_every=4,
+        eval_every=100,
+    )
+    steps_seen = []
+
+    class Record:
+        def on_step_end(self, trainer, metrics):
+            steps_seen.append(trainer.step)
+
+    trainer.callbacks.append(Record())
+    trainer.fit()
+    assert trainer.rollbacks == 1
+    # After the spike at step 9 the run went back to step 8's checkpoint and carried on.
+    assert steps_seen[:9] == list(range(1, 9)) + [8]
+    assert trainer.step == 12
+
+
+def test_early_stopping_ends_the_run(tmp_path):
+    stopper = EarlyStopping(patience=1, monitor="val_loss", mode="max")  # loss falls: "worse"
+    trainer = make_trainer(max_steps=50, eval_every=2, early_stopping=stopper)
+    trainer.fit()
+    assert trainer.step == 4
+
+
+def test_checkpoint_failure_policy(tmp_path):
+    class FullDisk(CheckpointManager):
+        def save(self, state, *, step, metrics=None):
+            raise CheckpointError("simulated: no space left on device")
+
+    failing = make_trainer(checkpoints=FullDisk(tmp_path / "a"), max_steps=4, checkpoint_every=2)
+    with pytest.raises(CheckpointError, match="no space"):
+        failing.fit()
+    assert failing.step == 2
+    going_on = make_trainer(
+        checkpoints=FullDisk(tmp_path / "b"),
+        max_steps=4,
+        checkpoint_every=2,
+        checkpoint_error="continue",
+    )
+    going_on.fit()
+    assert going_on.step == 4
+
+
+def test_callbacks_are_called_and_can_stop():
+    events = []
+
+    class Recorder:
+        def on_train_start(self, trainer):
+            events.append("start")
+
+        def on_evaluate(self, trainer, metrics):
+            events.append(("eval", trainer.step))
+
+        def on_train_end(self, trainer, metrics):
+            events.append("end")
+
+        def on_step_end(self, trainer, metrics):
+            return trainer.step == 5
+
+    trainer = make_trainer(max_steps=20, eval_every=2, callbacks=[Recorder()])
+    trainer.fit()
+    assert trainer.step == 5
+    assert events == ["start", ("eval", 2), ("eval", 4), ("eval", 5), "end"]
+
+
+def test_bf16_autocast_on_cpu_trains():
+    trainer = make_trainer(max_steps=3, precision="bf16", eval_every=3)
+    assert math.isfinite(trainer.fit()["val_loss"])
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("max_steps", 0, "max_steps must be an integer >= 1, got 0"),
+        ("precision", "fp8", "precision must be one of"),
+        ("grad_clip", -1.0, "grad_clip must be > 0 or None"),
+        ("min_lr_ratio", 2.0, "min_lr_ratio must be in"),
+        ("checkpoint_error", "ignore", "checkpoint_error must be one of"),
+    ],
+)
+def test_config_errors_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainerConfig(**{field: value})
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ValueError, match="fp16"):
+        make_trainer(precision="fp16")
+
+
+def test_resume_refuses_a_different_model_config(tmp_path):
+    make_trainer(tmp_path, max_steps=2, eval_every=2).fit()
+    torch.manual_seed(0)
+    other = GPT(GPTConfig(vocab_size=24, block_size=16, n_layer=2, n_head=2, d_model=64))
+    data = corpus()
+    trainer = Trainer(
+        other,
+        TrainerConfig(max_steps=4),
+        TokenDataset(data, 16),
+        checkpoints=CheckpointManager(tmp_path / "checkpoints"),
+    )
+    with pytest.raises(CheckpointError, match="d_model"):
+        trainer.resume()
+
+
+# --------------------------------------------------------------------------- real processes
+def run_child(out: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    if nproc == 1:
+        cmd = [sys.executable, str(CHILD), "--out", str(out), *args]
+    else:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+            "--standalone", str(CHILD), "--out", str(out), *args,
+        ]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def losses(path: Path) -> dict[int, float]:
+    return {int(r["step"]): r["loss"] for r in read_metrics(path) if "loss" in r}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical_and_a_broken_resume_is_not(tmp_path):
+    straight = run_child(tmp_path / "straight", "--steps", "12")
+    assert straight.returncode == 0, straight.stderr
+    killed = run_child(tmp_path / "killed", "--steps", "12", "--kill-at", "8")
+    assert killed.returncode == -9  # SIGKILL: no cleanup ran
+    resumed = run_child(tmp_path / "killed", "--steps", "12", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "final.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight_losses = losses(tmp_path / "straight" / "metrics.jsonl")
+    resumed_losses = losses(tmp_path / "killed" / "metrics.jsonl")
+    assert sorted(resumed_losses) == list(range(1, 13))  # steps 7-8 re-run, not duplicated
+    assert resumed_losses == straight_losses
+
+    # Control: resuming without the data position and RNG must be detectably different.
+    run_child(tmp_path / "broken", "--steps", "12", "--kill-at", "8")
+    broken = run_child(tmp_path / "broken", "--steps", "12", "--resume", "--broken-resume")
+    assert broken.returncode == 0, broken.stderr
+    c = torch.load(tmp_path / "broken" / "final.pt", weights_only=True)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_single_process_with_the_same_global_batch(tmp_path):
+    single = run_child(tmp_path / "one", "--steps", "4", "--batch-size", "8", "--dropout", "0")
+    assert single.returncode == 0, single.stderr
+    double = run_child(
+        tmp_path / "two", "--steps", "4", "--batch-size", "4", "--dropout", "0", nproc=2
+    )
+    assert double.returncode == 0, double.stderr
+    a = torch.load(tmp_path / "one" / "final.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "final.pt", weights_only=True)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    # The all-reduced loss of each step equals the single process's loss on the same windows.
+    one, two = (
+        losses(tmp_path / "one" / "metrics.jsonl"),
+        losses(tmp_path / "two" / "metrics.jsonl"),
+    )
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5)
+    assert one[4] < one[1]
