@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sysconfig
 from pathlib import Path
 
@@ -290,14 +291,19 @@ def test_stdlib_corpus_is_the_selected_files_joined():
     assert stdlib_corpus(max_bytes=300_000) == text
 
 
-def test_stdlib_files_are_sorted_filtered_and_fill_the_budget():
+def test_stdlib_files_are_hash_ordered_filtered_and_fill_the_budget():
     root = Path(sysconfig.get_paths()["stdlib"])
     files = stdlib_files(max_bytes=1_000_000)
     rel = [p.relative_to(root).as_posix() for p in files]
-    assert rel == sorted(rel)
+    digests = [hashlib.sha256(r.encode("utf-8")).hexdigest() for r in rel]
+    assert digests == sorted(digests)
     assert all(r.endswith(".py") for r in rel)
     excluded = {"site-packages", "dist-packages", "test", "tests", "__pycache__", "idle_test"}
+    excluded |= {"encodings", "pydoc_data"}  # machine-generated
     assert not any(excluded & set(r.split("/")[:-1]) for r in rel)
+    # The order mixes packages: the first tenth and the last tenth are not one package each.
+    tenth = max(len(rel) // 10, 2)
+    assert len({r.split("/")[0] for r in rel[-tenth:]}) > 1
     # Stopping rule: the first file left out would have overflowed the budget.
     used = sum(p.stat().st_size + 1 for p in files)
     assert used <= 1_000_000
@@ -344,13 +350,16 @@ def test_stdlib_selection_rules_on_a_fake_stdlib(monkeypatch, tmp_path):
         "idlelib/run.py": b"run = 3\n",
         "a/__pycache__/z.py": b"",
         "c.py": b"c" * 50 + b"\n",
+        "encodings/cp1.py": b"table = 1\n",  # machine-generated: left out
+        "pydoc_data/topics.py": b"topics = 1\n",
     }
     for rel, data in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(data)
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
     rel = [p.relative_to(tmp_path).as_posix() for p in stdlib_files()]
-    assert rel == ["a/z.py", "b.py", "c.py", "idlelib/run.py"]
-    assert stdlib_corpus() == "z = 2\n\nb = 1\n\n" + "c" * 50 + "\n\nrun = 3\n\n"
-    # 14 bytes hold a/z.py and b.py (7 each with their "\n"); c.py does not fit, so stop there.
-    assert stdlib_corpus(max_bytes=20) == "z = 2\n\nb = 1\n\n"
+    # Ordered by sha256 of the relative path: b.py 4a5b.., a/z.py 60d2.., c.py c108.., run ea1d..
+    assert rel == ["b.py", "a/z.py", "c.py", "idlelib/run.py"]
+    assert stdlib_corpus() == "b = 1\n\nz = 2\n\n" + "c" * 50 + "\n\nrun = 3\n\n"
+    # 14 bytes hold b.py and a/z.py (7 each with their "\n"); c.py does not fit, so stop there.
+    assert stdlib_corpus(max_bytes=20) == "b = 1\n\nz = 2\n\n"

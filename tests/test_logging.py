@@ -188,6 +188,13 @@ def test_console_training_line_format_and_eta():
     )
 
 
+def test_console_formats_slow_throughput_and_memory_without_decimals_noise():
+    out = io.StringIO()
+    console = ConsoleLogger(stream=out, progress=False)
+    console.log({"tokens_per_s": 911.6745, "peak_mem_mb": 634.76171}, step=3)
+    assert out.getvalue().splitlines() == ["step 3 | tok/s 912 | peak_mem_mb 634.8"]
+
+
 def test_console_eval_line_is_printed_regardless_of_every():
     out = io.StringIO()
     console = ConsoleLogger(stream=out, every=50, progress=False)

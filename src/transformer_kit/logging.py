@@ -373,8 +373,10 @@ def _format_value(key: str, value: Any) -> str:
         return str(number)
     if "lr" in key.split("_"):
         return f"{number:.2e}"
-    if abs(number) >= 1000:
+    if abs(number) >= 1000 or key.startswith("tokens_per_s"):
         return f"{number:,.0f}"
+    if key.endswith("_mb"):
+        return f"{number:,.1f}"
     if key == "grad_norm":
         return f"{number:.3f}"
     return f"{number:.4f}"
