@@ -16,6 +16,7 @@ import torch
 
 from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.data import TokenDataset
+from transformer_kit.fsdp import consolidate_to_full_state_dict
 from transformer_kit.logging import JSONLLogger
 from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.trainer import Trainer, TrainerConfig
@@ -39,6 +40,16 @@ class KillAt:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class StopAt:
+    """Callback: request a clean stop after the given step (final evaluation + checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> bool:
+        return trainer.step == self.step
+
+
 class SkipRngRestore(Trainer):
     """The broken control: resumes everything except the data position and RNG."""
 
@@ -56,6 +67,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--broken-resume", action="store_true")
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--stop-at", type=int, default=None)
+    parser.add_argument("--fsdp", action="store_true")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -74,6 +87,7 @@ def main() -> None:
         eval_batches=2,
         checkpoint_every=args.checkpoint_every,
         seed=7,
+        fsdp=args.fsdp,
     )
     cls = SkipRngRestore if args.broken_resume else Trainer
     trainer = cls(
@@ -83,13 +97,16 @@ def main() -> None:
         TokenDataset(data[3500:], 16),
         loggers=[JSONLLogger(args.out / "metrics.jsonl")],
         checkpoints=CheckpointManager(args.out / "checkpoints"),
-        callbacks=[KillAt(args.kill_at)] if args.kill_at else [],
+        callbacks=[KillAt(args.kill_at)] * bool(args.kill_at)
+        + [StopAt(args.stop_at)] * bool(args.stop_at),
     )
     if args.resume:
         assert trainer.resume(), "nothing to resume from"
     trainer.fit()
+    # Under FSDP every rank takes part in gathering the full weights; rank 0 receives them.
+    state = consolidate_to_full_state_dict(model) if args.fsdp else model.state_dict()
     if trainer.context.is_main:
-        torch.save(model.state_dict(), args.out / "final.pt")
+        torch.save(state, args.out / "final.pt")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ PUBLIC = {
         "LRFinderResult", "constant_with_warmup", "inverse_sqrt", "lambda_lr", "lr_finder",
         "warmup_cosine", "warmup_linear",
     ],
-    "sampling": ["LogitsFilter", "apply_temperature", "filter_top_k", "filter_top_p", "generate"],
+    "sampling": [
+        "LogitsFilter", "apply_frequency_penalty", "apply_presence_penalty",
+        "apply_repetition_penalty", "apply_temperature", "beam_search", "filter_min_p",
+        "filter_top_k", "filter_top_p", "generate", "mask_allowed",
+    ],
+    "fsdp": ["consolidate_to_full_state_dict", "load_sharded", "save_sharded", "shard_model"],
     "checkpoint": [
         "CheckpointError", "CheckpointManager", "FORMAT_VERSION", "Stateful", "capture_rng_state",
         "check_config", "export_weights", "load_checkpoint", "load_weights", "restore_rng_state",

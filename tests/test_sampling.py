@@ -1,20 +1,42 @@
-"""Tests for transformer_kit.sampling: filter laws, generate against independent loops."""
+"""Tests for transformer_kit.sampling: filter and penalty laws, generate and beam search against
+independent loops and exhaustive search."""
 
 from __future__ import annotations
 
+import doctest
+import itertools
 import math
+import re
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from transformer_kit.sampling import apply_temperature, filter_top_k, filter_top_p, generate
+from transformer_kit import sampling
+from transformer_kit.sampling import (
+    _beam,
+    _filters,
+    _generate,
+    _penalties,
+    _step,
+    apply_frequency_penalty,
+    apply_presence_penalty,
+    apply_repetition_penalty,
+    apply_temperature,
+    beam_search,
+    filter_min_p,
+    filter_top_k,
+    filter_top_p,
+    generate,
+    mask_allowed,
+)
 
 # --- strategies and toy models -----------------------------------------------------------------
 
@@ -71,6 +93,40 @@ class Fixed(nn.Module):
 
     def forward(self, ids):
         return self.logits.expand(*ids.shape, -1)
+
+
+class PrefixHash(nn.Module):
+    """A float64 toy language model with independent random logits for every prefix.
+
+    The logits after `ids[:t + 1]` are a table row picked by a hash of that whole prefix, scaled
+    by a random sharpness, so greedy decoding is often not optimal (about a third of the seeds
+    for three tokens over a vocabulary of three).
+    """
+
+    def __init__(self, vocab_size=3, seed=0, buckets=10_007):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.vocab_size, self.buckets = vocab_size, buckets
+        sharpness = torch.randn(buckets, 1, generator=g, dtype=torch.float64).exp()
+        logits = torch.randn(buckets, vocab_size, generator=g, dtype=torch.float64)
+        self.register_buffer("table", sharpness * logits)
+
+    def forward(self, ids):
+        code, codes = torch.zeros(ids.size(0), dtype=torch.long), []
+        for t in range(ids.size(1)):
+            code = (code * (self.vocab_size + 1) + ids[:, t] + 1) % self.buckets
+            codes.append(code)
+        return self.table[torch.stack(codes, dim=1)]  # (B, T, V)
+
+
+@st.composite
+def logits_and_ids(draw):
+    """Logits (B, V) and ids (B, T) in [0, V), with T = 0 allowed and repeats common."""
+    batch, vocab, length = draw(st.integers(1, 3)), draw(st.integers(1, 8)), draw(st.integers(0, 8))
+    values = st.floats(-20, 20, width=32) | st.integers(-3, 3).map(float)
+    logits = torch.from_numpy(draw(arrays(np.float32, (batch, vocab), elements=values)))
+    ids = draw(arrays(np.int64, (batch, length), elements=st.integers(0, vocab - 1)))
+    return logits, torch.from_numpy(ids)
 
 
 # --- apply_temperature -------------------------------------------------------------------------
@@ -149,13 +205,15 @@ def test_top_p_one_keeps_entries_of_tiny_probability():
     assert torch.equal(filter_top_p(logits, 1.0), logits)
 
 
-@pytest.mark.parametrize("name", ["top_k", "top_p"])
+@pytest.mark.parametrize("name", ["top_k", "top_p", "min_p"])
 @given(logits=logits_tensors(), data=st.data())
 def test_no_filter_removes_the_argmax(name, logits, data):
     if name == "top_k":
         out = filter_top_k(logits, data.draw(ks, label="k"))
-    else:
+    elif name == "top_p":
         out = filter_top_p(logits, data.draw(ps, label="p"))
+    else:
+        out = filter_min_p(logits, data.draw(st.floats(0.0, 1.0), label="p"))
     best = logits.argmax(dim=-1, keepdim=True)
     assert torch.equal(out.gather(-1, best), logits.gather(-1, best))
 
@@ -168,11 +226,171 @@ def test_no_filter_removes_the_argmax(name, logits, data):
         (partial(filter_top_p, p=0.0), r"filter_top_p: p must be in \(0, 1\], got 0.0"),
         (partial(filter_top_p, p=1.5), r"p must be in \(0, 1\], got 1.5"),
         (partial(filter_top_p, p=math.nan), r"p must be in \(0, 1\], got nan"),
+        (partial(filter_min_p, p=-0.1), r"filter_min_p: p must be in \[0, 1\], got -0.1"),
+        (partial(filter_min_p, p=1.5), r"p must be in \[0, 1\], got 1.5"),
+        (partial(filter_min_p, p=math.nan), r"p must be in \[0, 1\], got nan"),
+        (partial(mask_allowed, allowed=[]), r"mask_allowed: allowed must name at least one token"),
+        (partial(mask_allowed, allowed=[1, 5]), r"allowed must name token ids in \[0, 5\), got"),
+        (partial(mask_allowed, allowed=[-1]), r"allowed must name token ids in \[0, 5\)"),
     ],
 )
 def test_filter_errors_name_the_parameter(call, match):
     with pytest.raises(ValueError, match=match):
         call(torch.zeros(2, 5))
+
+
+# --- filter_min_p and mask_allowed -------------------------------------------------------------
+
+
+@given(logits=logits_tensors(), p=st.floats(0.0, 1.0))
+def test_min_p_keeps_exactly_the_entries_with_probability_at_least_p_times_the_top(logits, p):
+    original = logits.clone()
+    out = filter_min_p(logits, p)
+    assert torch.equal(logits, original)
+    assert out.shape == logits.shape
+    for row, kept_row in zip(_rows(logits), _rows(out), strict=True):
+        probs = torch.softmax(torch.tensor(row, dtype=torch.float64), dim=0).tolist()
+        top = max(probs)
+        for value, prob, kept in zip(row, probs, kept_row, strict=True):
+            if abs(prob / top - p) <= 1e-5 * p:
+                continue  # on the boundary float32 and float64 may round differently
+            assert kept == (value if prob >= p * top else -math.inf)
+
+
+def test_min_p_example_and_extremes():
+    logits = torch.tensor([[0.0, 3.0, 2.0, 3.0]])
+    inf = math.inf
+    # probs / top = exp(logit - 3) = [0.05, 1, 0.37, 1]
+    assert filter_min_p(logits, 0.3).tolist() == [[-inf, 3.0, 2.0, 3.0]]
+    assert filter_min_p(logits, 0.04).tolist() == logits.tolist()
+    assert filter_min_p(logits, 1.0).tolist() == [[-inf, 3.0, -inf, 3.0]]
+    assert filter_min_p(logits, 0.0).tolist() == logits.tolist()
+
+
+@given(logits=logits_tensors(), data=st.data())
+def test_mask_allowed_keeps_exactly_the_allowed_ids(logits, data):
+    vocab = logits.size(-1)
+    allowed = data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=2 * vocab))
+    original = logits.clone()
+    out = mask_allowed(logits, allowed)
+    assert torch.equal(logits, original)
+    for row, kept_row in zip(_rows(logits), _rows(out), strict=True):
+        assert kept_row == [v if i in allowed else -math.inf for i, v in enumerate(row)]
+
+
+# --- penalties ---------------------------------------------------------------------------------
+
+
+def _slow_repetition(row, ids, penalty):
+    return [(v / penalty if v > 0 else v * penalty) if i in ids else v for i, v in enumerate(row)]
+
+
+def _slow_presence(row, ids, penalty):
+    return [v - penalty if i in ids else v for i, v in enumerate(row)]
+
+
+def _slow_frequency(row, ids, penalty):
+    return [v - penalty * ids.count(i) for i, v in enumerate(row)]
+
+
+PENALTIES = {
+    "repetition": (apply_repetition_penalty, _slow_repetition, st.floats(0.1, 5.0), 1.0),
+    "presence": (apply_presence_penalty, _slow_presence, st.floats(-3.0, 3.0), 0.0),
+    "frequency": (apply_frequency_penalty, _slow_frequency, st.floats(-3.0, 3.0), 0.0),
+}
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+@given(pair=logits_and_ids(), data=st.data())
+def test_penalty_matches_a_python_loop_and_leaves_absent_tokens_alone(name, pair, data):
+    penalty_fn, slow, penalties, _ = PENALTIES[name]
+    logits, ids = pair
+    penalty = data.draw(penalties, label="penalty")
+    originals = logits.clone(), ids.clone()
+    out = penalty_fn(logits, ids, penalty)
+    assert torch.equal(logits, originals[0]) and torch.equal(ids, originals[1])
+    for row, id_row, new_row in zip(logits.tolist(), ids.tolist(), out.tolist(), strict=True):
+        expected = slow(row, id_row, penalty)
+        assert new_row == pytest.approx(expected, rel=1e-6, abs=1e-5)
+        absent = [i for i in range(len(row)) if i not in id_row]
+        assert [new_row[i] for i in absent] == [row[i] for i in absent]
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+@settings(max_examples=30)
+@given(pair=logits_and_ids())
+def test_neutral_penalty_is_the_identity(name, pair):
+    penalty_fn, _, _, neutral = PENALTIES[name]
+    logits, ids = pair
+    assert torch.equal(penalty_fn(logits, ids, neutral), logits)
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+@given(pair=logits_and_ids(), data=st.data())
+def test_penalised_tokens_never_gain_probability_against_the_others(name, pair, data):
+    penalty_fn, _, _, neutral = PENALTIES[name]
+    logits, ids = pair
+    penalty = data.draw(st.floats(neutral, neutral + 5.0), label="penalty")
+    out = penalty_fn(logits, ids, penalty)
+    for row, id_row, new_row in zip(logits.tolist(), ids.tolist(), out.tolist(), strict=True):
+        present = set(id_row)
+        absent = set(range(len(row))) - present
+        # Log-probability ratios of a penalised to an unpenalised token only shrink.
+        for i in present:
+            for j in absent:
+                assert new_row[i] - new_row[j] <= row[i] - row[j]
+        old_mass = torch.softmax(torch.tensor(row, dtype=torch.float64), 0)[list(present)].sum()
+        new_mass = torch.softmax(torch.tensor(new_row, dtype=torch.float64), 0)[list(present)].sum()
+        assert new_mass <= old_mass + 1e-9
+
+
+def test_penalties_by_hand_over_a_batch_and_leading_dims():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5], [2.0, -2.0, 1.0, 0.5]])
+    ids = torch.tensor([[0, 1, 1], [3, 3, 3]])
+    assert apply_repetition_penalty(logits, ids, 2.0).tolist() == [
+        [1.0, -4.0, 1.0, 0.5],
+        [2.0, -2.0, 1.0, 0.25],
+    ]
+    assert apply_presence_penalty(logits, ids, 0.5).tolist() == [
+        [1.5, -2.5, 1.0, 0.5],
+        [2.0, -2.0, 1.0, 0.0],
+    ]
+    assert apply_frequency_penalty(logits, ids, 0.5).tolist() == [
+        [1.5, -3.0, 1.0, 0.5],
+        [2.0, -2.0, 1.0, -1.0],
+    ]
+    # One row without a batch dimension, and a (2, 1, V) batch.
+    assert apply_presence_penalty(logits[0], ids[0], 0.5).tolist() == [1.5, -2.5, 1.0, 0.5]
+    nested = apply_frequency_penalty(logits[:, None], ids[:, None], 0.5)
+    assert nested.tolist() == apply_frequency_penalty(logits, ids, 0.5)[:, None].tolist()
+
+
+_IDS = torch.zeros(2, 1, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    "penalty_fn, penalty, ids, match",
+    [
+        (apply_repetition_penalty, 0.0, _IDS, r"apply_repetition_penalty: penalty must be a finite"
+         r" number > 0, got 0.0"),
+        (apply_repetition_penalty, math.inf, _IDS, r"penalty must be a finite number > 0, got inf"),
+        (apply_presence_penalty, math.nan, _IDS, r"apply_presence_penalty: penalty must be a"
+         r" finite number, got nan"),
+        (apply_frequency_penalty, -math.inf, _IDS, r"apply_frequency_penalty: penalty must be a"
+         r" finite number, got -inf"),
+        (apply_presence_penalty, 1.0, torch.tensor([[5], [0]]), r"ids must be token ids in"
+         r" \[0, 5\), got ids from 0 to 5"),
+        (apply_presence_penalty, 1.0, torch.tensor([[0.0], [1.0]]), r"ids must be an integer"
+         r" tensor, got dtype torch.float32"),
+        (apply_frequency_penalty, 1.0, torch.tensor([0, 1]), r"ids must have shape \(\.\.\., T\)"
+         r" with the leading shape of logits \(2, 5\), got \(2,\)"),
+        (apply_repetition_penalty, 2.0, torch.zeros(3, 1, dtype=torch.long),
+         r"apply_repetition_penalty: ids must have shape"),
+    ],
+)  # fmt: skip
+def test_penalty_errors_name_the_parameter(penalty_fn, penalty, ids, match):
+    with pytest.raises(ValueError, match=match):
+        penalty_fn(torch.zeros(2, 5), ids, penalty)
 
 
 # --- generate ----------------------------------------------------------------------------------
@@ -394,6 +612,12 @@ def test_modes_restored_when_the_model_raises():
         ({"top_p": 0.0}, r"generate: top_p must be in \(0, 1\] or None, got 0.0"),
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\] or None, got 1.5"),
         ({"block_size": 0}, r"generate: block_size must be an int >= 1 or None, got 0"),
+        ({"min_p": 1.5}, r"generate: min_p must be in \[0, 1\] or None, got 1.5"),
+        ({"min_p": -0.1}, r"min_p must be in \[0, 1\] or None, got -0.1"),
+        ({"repetition_penalty": 0.0}, r"generate: repetition_penalty must be a finite number > 0"),
+        ({"presence_penalty": math.nan}, r"generate: presence_penalty must be a finite number"),
+        ({"frequency_penalty": math.inf}, r"generate: frequency_penalty must be a finite number"),
+        ({"stop_sequences": [[1], []]}, r"non-empty token sequences, got \[\] at index 1"),
         ({"ids": torch.tensor([1, 2])}, r"ids must be an integer tensor of shape \(B, T\)"),
         ({"ids": torch.zeros(1, 2)}, r"got dtype torch.float32"),
         ({"ids": torch.zeros(2, 0, dtype=torch.long)}, r"T >= 1"),
@@ -412,3 +636,341 @@ def test_generate_rejects_a_model_without_sequence_logits():
 
     with pytest.raises(ValueError, match=r"must return logits of shape \(B, T, V\).*got \(1, 5\)"):
         generate(Flat(), torch.tensor([[1]]), 1)
+
+
+# --- generate: constraints, penalties, stop sequences, order ------------------------------------
+
+
+def _allow_up_to_two_steps_ahead(sequence):
+    """A toy grammar over 11 tokens: the next id is 1 or 2 more than the last, modulo 11."""
+    return {(sequence[-1] + 1) % 11, (sequence[-1] + 2) % 11}
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [{}, {"temperature": 2.0, "top_p": 0.99}, {"temperature": 0.0}, {"repetition_penalty": 3.0}],
+)
+def test_allowed_next_is_respected_over_many_seeds(sampling):
+    model, ids = Bigram(scale=3.0), torch.tensor([[0, 5], [3, 3], [9, 10], [4, 1]])
+    outputs = set()
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        out = generate(model, ids, 6, allowed_next=_allow_up_to_two_steps_ahead, generator=g,
+                       **sampling)  # fmt: skip
+        for row in out.tolist():
+            for t in range(ids.size(1), len(row)):
+                assert row[t] in _allow_up_to_two_steps_ahead(row[:t])
+        outputs.add(tuple(map(tuple, out.tolist())))
+    # Unconstrained, the model's own favourites are mostly outside the grammar.
+    free = generate(model, ids, 6, generator=torch.Generator().manual_seed(0), **sampling)
+    assert any(
+        row[t] not in _allow_up_to_two_steps_ahead(row[:t])
+        for row in free.tolist()
+        for t in range(ids.size(1), len(row))
+    )
+    assert (len(outputs) == 1) == (sampling.get("temperature") == 0.0)
+
+
+def test_allowed_next_sees_each_unfinished_row_with_its_prompt():
+    calls = []
+
+    def allow_all(sequence):
+        calls.append(list(sequence))
+        return range(5)
+
+    generate(Successor(), torch.tensor([[0, 1], [2, 3]]), 3, temperature=0.0, stop_ids=[4],
+             allowed_next=allow_all)  # fmt: skip
+    # Row 1 emits the stop id 4 at step 0 and is not asked again.
+    assert calls == [[0, 1], [2, 3], [0, 1, 2], [0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize(
+    "answer, match",
+    [
+        (
+            [],
+            r"generate: allowed_next for row 1 at step 2 must name at least one token id, got \[\]",
+        ),
+        ({11}, r"generate: allowed_next for row 1 at step 2 must name token ids in \[0, 11\)"),
+    ],
+)
+def test_allowed_next_errors_name_the_step_and_the_row(answer, match):
+    def grammar(sequence):
+        return answer if sequence[0] == 7 and len(sequence) == 4 else range(11)
+
+    with pytest.raises(ValueError, match=match):
+        generate(Bigram(), torch.tensor([[1, 2], [7, 2]]), 5, allowed_next=grammar,
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+
+@settings(max_examples=30)
+@given(
+    ids=prompts,
+    n=st.integers(0, 8),
+    stop_ids=st.lists(st.integers(0, 3), max_size=1),
+    stop_sequences=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=3), max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_rows_stop_at_the_first_complete_stop_sequence_and_are_padded(
+    ids, n, stop_ids, stop_sequences, seed
+):
+    ids = ids % 4
+    g = torch.Generator().manual_seed(seed)
+    out = generate(Bigram(vocab_size=4, scale=0.3), ids, n, stop_ids=stop_ids,
+                   stop_sequences=stop_sequences, generator=g, pad_id=-1)  # fmt: skip
+    stops = [[s] for s in stop_ids] + stop_sequences
+    T = ids.size(1)
+    assert torch.equal(out[:, :T], ids)
+    ends = []
+    for row in out[:, T:].tolist():
+        # Independent scan: the first prefix of the generated tokens that ends with a stop.
+        end = next(
+            (i + 1 for i in range(len(row)) if any(row[: i + 1][-len(s) :] == s for s in stops)),
+            None,
+        )
+        ends.append(end)
+        if end is None:
+            assert -1 not in row
+        else:
+            assert -1 not in row[:end] and all(token == -1 for token in row[end:])
+    assert out.size(1) == T + (n if None in ends else min(n, max(ends)))
+
+
+def test_multi_token_stop_sequence_by_hand_and_never_across_the_prompt():
+    # Successor over 6 tokens counts up; row 1's prompt ends with 2, so [2, 3] must not match
+    # at its first generated token.
+    out = generate(Successor(6), torch.tensor([[0], [2]]), 10, temperature=0.0,
+                   stop_sequences=[[2, 3]], pad_id=9)  # fmt: skip
+    assert out.tolist() == [[0, 1, 2, 3, 9, 9, 9, 9], [2, 3, 4, 5, 0, 1, 2, 3]]
+    # A single-token stop id and a longer stop sequence together; the first to complete wins.
+    out = generate(Successor(6), torch.tensor([[0], [3]]), 10, temperature=0.0,
+                   stop_ids=[5], stop_sequences=[[1, 2, 3]], pad_id=9)  # fmt: skip
+    assert out.tolist() == [[0, 1, 2, 3], [3, 4, 5, 9]]
+
+
+@settings(max_examples=30)
+@given(
+    ids=prompts,
+    n=st.integers(0, 5),
+    repetition=st.sampled_from([0.7, 1.0, 1.5, 3.0]),
+    presence=st.sampled_from([-1.0, 0.0, 0.5, 2.0]),
+    frequency=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_greedy_with_penalties_equals_an_independent_loop(ids, n, repetition, presence, frequency):
+    model = Bigram(seed=2)
+    table = model.table.tolist()
+    out = generate(model, ids, n, temperature=0.0, repetition_penalty=repetition,
+                   presence_penalty=presence, frequency_penalty=frequency)  # fmt: skip
+    for row, prompt in zip(out.tolist(), ids.tolist(), strict=True):
+        expected = list(prompt)
+        for _ in range(n):
+            scores = []
+            for token, value in enumerate(table[expected[-1]]):
+                count = expected.count(token)
+                if count:
+                    value = value / repetition if value > 0 else value * repetition
+                    value -= presence + frequency * count
+                scores.append(value)
+            expected.append(scores.index(max(scores)))
+        assert row == expected
+
+
+def _hand_case(**kwargs):
+    """The hand-computed order case: V = 6, prompt [0, 1, 1], every stage changes the result."""
+    model = Fixed(torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0, 5.0]))
+    return generate(model, torch.tensor([[0, 1, 1]]), 1, allowed_next=lambda s: range(5),
+                    repetition_penalty=2.0, presence_penalty=0.5, frequency_penalty=0.25,
+                    **kwargs)  # fmt: skip
+
+
+def test_filter_order_is_mask_penalties_temperature_top_k_top_p_min_p_then_filters():
+    seen = []
+
+    def record(logits):
+        seen.append(logits.clone())
+        return logits
+
+    _hand_case(temperature=0.5, top_k=4, top_p=0.9, min_p=0.2, filters=[record])
+    # By hand: allowed_next bans 5 -> [4, 3, 2, 1, 0, -]; repetition 2 on 0 and 1 -> [2, 1.5,
+    # ...]; presence 0.5 -> [1.5, 1, ...]; frequency 0.25 x counts (1, 2) -> [1.25, 0.5, 2, 1,
+    # 0, -]; /0.5 -> [2.5, 1, 4, 2, 0, -]; top-4 keeps >= 1 -> [2.5, 1, 4, 2, -, -]; softmax of
+    # (4, 2.5, 2, 1) is (.710, .158, .096, .035), so top-0.9 keeps 4, 2.5, 2; min-0.2 keeps
+    # gaps to 4 >= log 0.2 = -1.61: 2.5 stays and 2 goes.
+    inf = math.inf
+    assert seen[0].tolist() == [[2.5, -inf, 4.0, -inf, -inf, -inf]]
+
+
+def test_greedy_takes_the_argmax_after_the_mask_and_the_penalties_only():
+    def refuse(logits):
+        raise AssertionError("filters must not run when temperature is 0")
+
+    # [1.25, 0.5, 2, 1, 0, -inf]: token 2, where the raw argmax is 5 and the masked one is 0.
+    out = _hand_case(temperature=0.0, top_k=1, min_p=1.0, filters=[refuse])
+    assert out.tolist() == [[0, 1, 1, 2]]
+
+
+def test_every_option_is_deterministic_given_the_generator():
+    model, ids = Bigram(scale=0.5), torch.tensor([[1, 2], [3, 4], [5, 6]])
+
+    def run(seed):
+        return generate(model, ids, 15, temperature=1.3, top_k=9, top_p=0.97, min_p=0.01,
+                        repetition_penalty=1.2, presence_penalty=0.3, frequency_penalty=0.1,
+                        allowed_next=lambda s: range(1, 11), stop_sequences=[[4, 5]],
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+    assert torch.equal(run(11), run(11))
+    assert not torch.equal(run(11), run(12))
+
+
+# --- beam_search -------------------------------------------------------------------------------
+
+
+def _log_probs(model, prompt, hypotheses):
+    """Independent float64 log-probabilities of each hypothesis after `prompt`.
+
+    One full forward pass per hypothesis length, with no cropping and no beams.
+    """
+    scores = {}
+    for length in {len(h) for h in hypotheses}:
+        group = [h for h in hypotheses if len(h) == length]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + h for h in group])).double()  # (G, T + n, V)
+        logp = torch.log_softmax(logits[:, len(prompt) - 1 : -1], dim=-1)  # (G, n, V)
+        picked = logp.gather(-1, torch.tensor(group)[:, :, None]).sum(dim=(1, 2))  # (G,)
+        scores.update(zip(map(tuple, group), picked.tolist(), strict=True))
+    return [scores[tuple(h)] for h in hypotheses]
+
+
+def _log_prob(model, prompt, tokens):
+    return _log_probs(model, prompt, [tokens])[0]
+
+
+def _hypotheses(vocab_size, n, stops):
+    """Every finished hypothesis: up to n tokens, a stop only last, shorter ones end in a stop."""
+    for length in range(1, n + 1):
+        for tokens in itertools.product(range(vocab_size), repeat=length):
+            if any(t in stops for t in tokens[:-1]):
+                continue
+            if length == n or tokens[-1] in stops:
+                yield list(tokens)
+
+
+def _unpad(row):
+    return [token for token in row if token != -1]
+
+
+@settings(max_examples=30)
+@given(
+    seed=st.integers(0, 50),
+    n=st.integers(1, 4),
+    prompt=st.lists(st.integers(0, 2), min_size=1, max_size=3),
+    alpha=st.sampled_from([0.0, 0.5, 1.0, 2.0, -0.5]),
+    stops=st.sampled_from([(), (0,), (1, 2)]),
+)
+def test_wide_beam_finds_the_exhaustive_best_and_its_score(seed, n, prompt, alpha, stops):
+    model = PrefixHash(vocab_size=3, seed=seed)
+    out, scores = beam_search(model, torch.tensor([prompt]), 3 ** (n - 1), n, length_penalty=alpha,
+                              stop_ids=stops, pad_id=-1)  # fmt: skip
+    hypotheses = list(_hypotheses(3, n, stops))
+    normalised = [
+        logp / len(h) ** alpha
+        for h, logp in zip(hypotheses, _log_probs(model, prompt, hypotheses), strict=True)
+    ]
+    found = _unpad(out[0].tolist())[len(prompt) :]
+    assert found in hypotheses
+    assert scores.dtype == torch.float64
+    assert scores.item() == pytest.approx(normalised[hypotheses.index(found)], rel=1e-9)
+    assert scores.item() == pytest.approx(max(normalised), rel=1e-9)
+
+
+def test_beam_search_beats_greedy_where_greedy_is_not_optimal():
+    model, prompt = PrefixHash(vocab_size=3, seed=6), [1]
+    greedy = generate(model, torch.tensor([prompt]), 3, temperature=0.0)[0, 1:].tolist()
+    out, score = beam_search(model, torch.tensor([prompt]), 9, 3, length_penalty=0.0)
+    assert out[0, 1:].tolist() != greedy
+    assert score.item() > _log_prob(model, prompt, greedy) + 0.1
+
+
+@settings(max_examples=30)
+@given(ids=prompts, n=st.integers(0, 5), seed=st.integers(0, 5), alpha=st.floats(-1.0, 2.0))
+def test_one_beam_without_stops_is_greedy(ids, n, seed, alpha):
+    model = PrefixHash(vocab_size=11, seed=seed)
+    out, scores = beam_search(model, ids, 1, n, length_penalty=alpha)
+    assert torch.equal(out, generate(model, ids, n, temperature=0.0))
+    for row, prompt, score in zip(out.tolist(), ids.tolist(), scores.tolist(), strict=True):
+        tokens = row[len(prompt) :]
+        expected = _log_prob(model, prompt, tokens) / max(len(tokens), 1) ** alpha if n else 0.0
+        assert score == pytest.approx(expected)
+
+
+@settings(max_examples=30)
+@given(
+    ids=prompts, num_beams=st.integers(1, 4), n=st.integers(1, 5), stops=st.sets(st.integers(0, 4))
+)
+def test_rows_are_searched_independently_and_padded(ids, num_beams, n, stops):
+    model, ids = PrefixHash(vocab_size=5, seed=3), ids % 5
+    out, scores = beam_search(model, ids, num_beams, n, stop_ids=stops, pad_id=-1)
+    widths = []
+    for row, score in zip(range(ids.size(0)), scores.tolist(), strict=True):
+        alone, alone_score = beam_search(model, ids[row : row + 1], num_beams, n, stop_ids=stops)
+        found = _unpad(out[row].tolist())
+        assert found == alone[0].tolist()
+        assert score == pytest.approx(alone_score.item())
+        widths.append(len(found))
+        generated = found[ids.size(1) :]
+        assert len(generated) == n or generated[-1] in stops
+    assert out.size(1) == max(widths)
+
+
+def test_beam_search_edges_and_modes():
+    model = PrefixHash(vocab_size=4).train()
+    ids = torch.tensor([[1, 2]])
+    out, scores = beam_search(model, ids, 3, 0)
+    assert torch.equal(out, ids) and scores.tolist() == [0.0]
+    # Every token a stop: the best one-token hypothesis, found at once.
+    out, scores = beam_search(model, ids, 2, 5, stop_ids=range(4))
+    assert out.shape == (1, 3)
+    assert scores.item() == pytest.approx(_log_prob(model, [1, 2], [out[0, 2].item()]))
+    assert model.training and all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_beams": 0}, r"beam_search: num_beams must be an int >= 1, got 0"),
+        ({"max_new_tokens": -1}, r"beam_search: max_new_tokens must be >= 0, got -1"),
+        ({"length_penalty": math.inf}, r"beam_search: length_penalty must be a finite number"),
+        (
+            {"stop_ids": [1, 3]},
+            r"beam_search: stop_ids must be token ids in \[0, 3\), got \[1, 3\]",
+        ),
+        ({"stop_ids": [-1]}, r"stop_ids must be token ids in \[0, 3\)"),
+        ({"block_size": 0}, r"beam_search: block_size must be an int >= 1 or None, got 0"),
+        (
+            {"ids": torch.zeros(1, 2)},
+            r"beam_search: ids must be an integer tensor of shape \(B, T\)",
+        ),
+    ],
+)
+def test_beam_search_errors_name_the_parameter(kwargs, match):
+    args = {"ids": torch.tensor([[1]]), "num_beams": 2, "max_new_tokens": 2} | kwargs
+    with pytest.raises(ValueError, match=match):
+        beam_search(PrefixHash(), args.pop("ids"), args.pop("num_beams"),
+                    args.pop("max_new_tokens"), **args)  # fmt: skip
+
+
+# --- documentation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", [sampling, _beam, _filters, _generate, _penalties, _step])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_docs_example_runs(capsys):
+    page = Path(__file__).resolve().parents[1] / "docs" / "sampling.md"
+    code = re.search(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+    assert code is not None
+    exec(compile(code.group(1), str(page), "exec"), {})
+    assert capsys.readouterr().out

@@ -385,3 +385,29 @@ def test_two_process_gloo_equals_single_process_with_the_same_global_batch(tmp_p
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5)
     assert one[4] < one[1]
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_stop_resume_and_match_a_single_process(tmp_path):
+    single = run_child(tmp_path / "one", "--steps", "4", "--batch-size", "8", "--dropout", "0")
+    assert single.returncode == 0, single.stderr
+    common = ["--steps", "4", "--batch-size", "4", "--dropout", "0", "--fsdp"]
+    first = run_child(tmp_path / "sharded", *common, "--stop-at", "2", nproc=2)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "sharded" / "checkpoints" / "sharded-last").is_dir()
+    second = run_child(tmp_path / "sharded", *common, "--resume", nproc=2)
+    assert second.returncode == 0, second.stderr
+    a = torch.load(tmp_path / "one" / "final.pt", weights_only=True)
+    b = torch.load(tmp_path / "sharded" / "final.pt", weights_only=True)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    steps = sorted(losses(tmp_path / "sharded" / "metrics.jsonl"))
+    assert steps == [1, 2, 3, 4]
+
+
+def test_fsdp_needs_several_processes():
+    with pytest.raises(ValueError, match="fsdp=True shards over processes"):
+        make_trainer(fsdp=True)
+    with pytest.raises(ValueError, match="spike_factor"):
+        TrainerConfig(fsdp=True, spike_factor=3.0)

@@ -18,6 +18,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
@@ -37,6 +38,7 @@ from transformer_kit.checkpoint import (
 )
 from transformer_kit.data import RandomBatches, TokenDataset
 from transformer_kit.distributed import DistributedContext, all_reduce_mean, init_distributed
+from transformer_kit.fsdp import load_sharded, save_sharded, shard_model
 from transformer_kit.logging import MetricLogger, MultiLogger
 
 __all__ = ["Batch", "TrainerConfig", "Trainer", "TrainingError"]
@@ -90,6 +92,10 @@ class TrainerConfig:
     """"bf16" uses autocast on CPU and CUDA; "fp16" uses autocast + GradScaler (CUDA only)."""
     compile: bool = False
     """Wrap the model in torch.compile for training and evaluation."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state over the torchrun processes (FSDP2)
+    instead of replicating them (DDP). Checkpoints then go through torch.distributed.checkpoint
+    into `<checkpoints>/sharded-last/`; needs world size >= 2."""
     time_limit_s: float | None = None
     """Stop (with a final evaluation and checkpoint) once this much wall time has passed."""
     max_bad_steps: int = 5
@@ -143,6 +149,17 @@ class TrainerConfig:
             raise ValueError(
                 f"TrainerConfig.spike_factor must be > 1 or None, got {self.spike_factor}"
             )
+        if self.fsdp:
+            for name, value, allowed in (
+                ("precision", self.precision, ("fp32", "bf16")),
+                ("spike_factor", self.spike_factor, (None,)),
+                ("restore_best", self.restore_best, (False,)),
+            ):
+                if value not in allowed:
+                    raise ValueError(
+                        f"TrainerConfig.{name}={value!r} is not supported with fsdp=True "
+                        f"(allowed: {allowed}); sharded runs keep only the `last` checkpoint"
+                    )
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ValueError(
                 f"TrainerConfig.time_limit_s must be > 0 or None, got {self.time_limit_s}"
@@ -205,6 +222,14 @@ class Trainer:
         if self.context.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.context.local_rank)
         self.model = model.to(self.device)
+        if config.fsdp:
+            if not self.context.enabled:
+                raise ValueError(
+                    "TrainerConfig.fsdp=True shards over processes: launch with "
+                    "`torchrun --nproc_per_node=N` (N >= 2), or set fsdp=False"
+                )
+            # Before the optimizer is built, so that it holds the shards.
+            self.model = shard_model(self.model)
         self.train_data = train_data
         self.val_data = val_data
         self.batches = RandomBatches(
@@ -234,7 +259,7 @@ class Trainer:
         self._tokens_per_s = 0.0
         # The module that runs forward passes: DDP and/or compile wrap the plain model.
         self._forward: nn.Module = self.model
-        if self.context.enabled:
+        if self.context.enabled and not config.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._forward = DistributedDataParallel(self.model, device_ids=ids)
         if config.compile:
@@ -344,7 +369,9 @@ class Trainer:
             # even when padding makes their token counts differ.
             weight = counts[index] / total if total else 1.0 / len(micro_batches)
             last = index == len(micro_batches) - 1
-            no_sync = self.context.enabled and not last
+            if cfg.fsdp:  # FSDP2 has no no_sync(): reduce-scatter only after the last one
+                self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            no_sync = self.context.enabled and not cfg.fsdp and not last
             with self._forward.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
                 micro_loss = self.training_step(batch) * weight
                 if self.scaler is not None:
@@ -439,6 +466,12 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            **self._run_state(),
+        }
+
+    def _run_state(self) -> dict[str, Any]:
+        # Everything but the model and optimizer (which FSDP checkpoints save as shards).
+        return {
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step,
@@ -470,8 +503,9 @@ class Trainer:
                 f"the checkpoint was written with world size {saved_world} but this run has "
                 f"{self.context.world_size}; resume with the same number of processes"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "model" in state:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
@@ -490,11 +524,19 @@ class Trainer:
             self.augment.load_state_dict(state["augment"])  # type: ignore[attr-defined]
 
     def save_checkpoint(self, metrics: Mapping[str, float] | None = None) -> list[Any]:
-        """Write `last` (and `best`/periodic ones as the manager decides) from rank 0."""
-        if self.checkpoints is None or not self.context.is_main:
+        """Write `last` (and `best`/periodic ones as the manager decides) from rank 0.
+
+        With fsdp every rank writes its shards into `<checkpoints>/sharded-last/`.
+        """
+        if self.checkpoints is None or not (self.context.is_main or self.config.fsdp):
             return []
         try:
-            paths = self.checkpoints.save(self.state_dict(), step=self.step, metrics=metrics)
+            if self.config.fsdp:
+                folder = self._sharded_folder()
+                extra = self._run_state()
+                paths = [save_sharded(folder, self.model, self.optimizer, extra=extra)]
+            else:
+                paths = self.checkpoints.save(self.state_dict(), step=self.step, metrics=metrics)
         except CheckpointError:
             if self.config.checkpoint_error == "raise":
                 raise
@@ -507,10 +549,17 @@ class Trainer:
         """Continue from the newest checkpoint that verifies; False when there is none."""
         if self.checkpoints is None:
             raise ValueError("Trainer.resume needs a CheckpointManager (pass checkpoints=...)")
-        found = self.checkpoints.load_latest_good()
-        if found is None:
-            return False
-        name, state = found
+        if self.config.fsdp:
+            try:
+                state = load_sharded(self._sharded_folder(), self.model, self.optimizer)
+            except FileNotFoundError:
+                return False
+            name = "sharded-last"
+        else:
+            found = self.checkpoints.load_latest_good()
+            if found is None:
+                return False
+            name, state = found
         self.load_state_dict(state)
         for logger in self.logger.loggers:
             rewind = getattr(logger, "rewind", None)
@@ -518,6 +567,10 @@ class Trainer:
                 rewind(self.step)
         _log.info("resumed from %s at step %d", name, self.step)
         return True
+
+    def _sharded_folder(self) -> Path:
+        assert self.checkpoints is not None
+        return Path(self.checkpoints.directory) / "sharded-last"
 
     # ------------------------------------------------------------------ logging helpers
     def log(self, metrics: Mapping[str, float]) -> None:
@@ -557,9 +610,10 @@ class Trainer:
 
     def _health_metrics(self) -> dict[str, float]:
         with torch.no_grad():
-            weight_norm = math.sqrt(
-                sum(float(p.float().pow(2).sum()) for p in self.model.parameters())
-            )
+            squares = [p.detach().float().pow(2).sum() for p in self.model.parameters()]
+            # Under FSDP each sum covers this rank's shard only: gather the full value.
+            squares = [getattr(sq, "full_tensor", lambda sq=sq: sq)() for sq in squares]
+            weight_norm = math.sqrt(sum(float(sq) for sq in squares))
         metrics = {"weight_norm": weight_norm, "peak_mem_mb": _peak_memory_mb(self.device)}
         flops = _flops_per_token(self.model)
         peak = _peak_flops(self.device)

@@ -1,0 +1,169 @@
+"""`beam_search`: length-normalised log-probability beam search with finished hypotheses.
+
+Deterministic: no sampling, ties go to the lower beam then the lower token id, so
+`num_beams=1` without stop ids is greedy decoding.
+
+    >>> out, score = beam_search(torch.nn.Embedding(4, 4), torch.tensor([[1]]), 2, 3)
+    >>> out.shape, score.shape
+    (torch.Size([1, 4]), torch.Size([1]))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from transformer_kit.sampling._step import (
+    _check_prompt,
+    _inference,
+    _next_logits,
+    _resolve_block_size,
+)
+
+__all__ = ["beam_search"]
+
+
+def beam_search(
+    model: nn.Module,
+    ids: Tensor,
+    num_beams: int,
+    max_new_tokens: int,
+    *,
+    length_penalty: float = 1.0,
+    stop_ids: Sequence[int] = (),
+    block_size: int | None = None,
+    pad_id: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Find, per row, a high-scoring continuation of `ids` with a beam of `num_beams`.
+
+    A hypothesis `y` of `n` new tokens scores `sum(log p(y_i | prefix)) / n ** length_penalty`:
+    the length normalisation of Wu et al., 2016 ("Google's Neural Machine Translation System",
+    section 7) in its plain `n ** alpha` form rather than GNMT's `((5 + n) / 6) ** alpha`.
+    `length_penalty=0` ranks by total log-probability, which favours short outputs; larger
+    values favour longer ones.
+
+    Each step extends every live beam by every token. A candidate ending in a token of
+    `stop_ids` is a finished hypothesis (the stop token is kept and counted in `n`); every one
+    is scored, not only those that would rank in the beam. The `num_beams` best other
+    candidates become the next live beams. After `max_new_tokens` steps the live beams are
+    finished hypotheses too. The search ends early once no live beam can still beat a row's
+    best finished hypothesis: log-probabilities only fall, so a live beam's best reachable
+    score is its current sum divided by the largest length factor it can reach. Ties go to the
+    hypothesis found first, then to the lower beam and the lower token id.
+
+    With `num_beams >= V ** (max_new_tokens - 1)` the search is exhaustive. With stop ids,
+    `num_beams=1` is not greedy decoding: the beam continues past a stop token and may find a
+    longer hypothesis that scores better.
+
+    The model runs under `torch.no_grad()` in eval mode on `B * num_beams` sequences per step,
+    recomputing the cropped context; training flags are restored afterwards.
+
+    Args:
+        model: Maps ids `(B, T)` to logits `(B, T, V)`, or to an object with such a `.logits`.
+        ids: Prompt token ids, an integer tensor of shape `(B, T)` with `T >= 1`.
+        num_beams: Live hypotheses kept per row, >= 1.
+        max_new_tokens: Maximum number of tokens to append, >= 0.
+        length_penalty: Exponent `alpha` of the length normalisation, a finite number.
+        stop_ids: Token ids in `[0, V)` that finish a hypothesis.
+        block_size: Context length fed to the model; defaults to `model.config.block_size` when
+            the model has one, else the whole sequence.
+        pad_id: Fill after a row's best hypothesis when it is shorter than the longest one.
+
+    Returns:
+        `(sequences, scores)`: the best hypothesis per row after its prompt, `(B, T + n)` with
+        `n` the longest best hypothesis's length, padded with `pad_id`; and its score `(B,)`
+        in at least float32 (0 for every row when `max_new_tokens=0`).
+
+    Raises:
+        ValueError: If `ids` is not a 2-D integer tensor with at least one column, another
+            argument is out of range, or a stop id is outside `[0, V)`.
+
+    Example:
+        >>> model = torch.nn.Embedding(6, 6)
+        >>> out, scores = beam_search(model, torch.tensor([[1], [2]]), 4, 5, stop_ids=[0])
+        >>> out.shape[0], bool((scores <= 0).all())
+        (2, True)
+    """
+    _check_prompt(ids, "beam_search")
+    if num_beams < 1:
+        raise ValueError(f"beam_search: num_beams must be an int >= 1, got {num_beams!r}")
+    if max_new_tokens < 0:
+        raise ValueError(f"beam_search: max_new_tokens must be >= 0, got {max_new_tokens!r}")
+    if not math.isfinite(length_penalty):
+        raise ValueError(
+            f"beam_search: length_penalty must be a finite number, got {length_penalty!r}"
+        )
+    block_size = _resolve_block_size(model, block_size, "beam_search")
+    stops = sorted(set(stop_ids))
+    B, T, K, N = ids.size(0), ids.size(1), num_beams, max_new_tokens
+    if N == 0:
+        return ids.clone(), torch.zeros(B, device=ids.device)
+
+    rows = torch.arange(B, device=ids.device)
+    stop_index = torch.tensor(stops, dtype=torch.long, device=ids.device)  # (S,)
+    beams = ids[:, None, :].expand(B, K, T)  # (B, K, T + step), one copy of the prompt per beam
+    # Only beam 0 is live at first, so the first step expands a single copy of the prompt. The
+    # scores start in float32 and follow the log-probabilities to float64 if the model is.
+    beam_logp = torch.full((B, K), -math.inf, device=ids.device)
+    beam_logp[:, 0] = 0.0
+    best_score = torch.full((B,), -math.inf, device=ids.device)
+    best_tokens = torch.full((B, N), pad_id, dtype=ids.dtype, device=ids.device)
+    best_length = torch.zeros(B, dtype=torch.long, device=ids.device)
+    with _inference(model):
+        for step in range(N):
+            length = step + 1  # generated tokens once this step's token is appended
+            logits = _next_logits(model, beams.reshape(B * K, T + step), block_size, "beam_search")
+            V = logits.size(-1)
+            logp = torch.log_softmax(logits, dim=-1).view(B, K, V)
+            if stops and not (stops[0] >= 0 and stops[-1] < V):
+                raise ValueError(
+                    f"beam_search: stop_ids must be token ids in [0, {V}), got {stops!r}"
+                )
+            total = beam_logp[:, :, None] + logp  # (B, K, V)
+
+            if stops:
+                # Every candidate that ends in a stop token is a finished hypothesis.
+                stopped = total.index_select(-1, stop_index) / length**length_penalty  # (B, K, S)
+                score, flat = stopped.view(B, -1).max(dim=-1)  # (B,): first maximum on ties
+                parent, token = flat // len(stops), stop_index[flat % len(stops)]
+                tokens = _padded(beams[rows, parent, T:], token, N, pad_id)  # (B, N)
+                better = score > best_score
+                best_score = torch.where(better, score, best_score)
+                best_tokens = torch.where(better[:, None], tokens, best_tokens)
+                best_length = torch.where(better, length, best_length)
+                total = total.index_fill(-1, stop_index, -math.inf)
+
+            # The K best continuing candidates; a stable sort breaks ties by beam, then token.
+            values, flat = torch.sort(total.view(B, K * V), dim=-1, descending=True, stable=True)
+            beam_logp, flat = values[:, :K], flat[:, :K]  # (B, K)
+            parent, token = flat // V, flat % V
+            history = beams.gather(1, parent[:, :, None].expand(B, K, T + step))
+            beams = torch.cat([history, token[:, :, None].to(ids.dtype)], dim=2)
+
+            if stops and length < N:
+                # Sums only fall; for alpha > 0 the largest divisor is N ** alpha, otherwise
+                # the current length's.
+                reach = (N if length_penalty > 0 else length) ** length_penalty
+                if bool((beam_logp.amax(dim=-1) / reach <= best_score).all()):
+                    break
+        else:
+            # All steps ran: the live beams are finished hypotheses of length N.
+            score, parent = (beam_logp / N**length_penalty).max(dim=-1)  # (B,)
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_tokens = torch.where(better[:, None], beams[rows, parent, T:], best_tokens)
+            best_length = torch.where(better, N, best_length)
+
+    n = int(best_length.max())
+    return torch.cat([ids, best_tokens[:, :n]], dim=1), best_score
+
+
+def _padded(prefix: Tensor, token: Tensor, width: int, pad_id: int) -> Tensor:
+    """Rows `prefix (B, L)` followed by `token (B,)`, padded with `pad_id` to `(B, width)`."""
+    out = torch.full((prefix.size(0), width), pad_id, dtype=prefix.dtype, device=prefix.device)
+    out[:, : prefix.size(1)] = prefix
+    out[:, prefix.size(1)] = token.to(prefix.dtype)
+    return out

@@ -1,0 +1,258 @@
+"""`generate`: batched sampling with constraints, penalties, filters and per-row stopping.
+
+Each step runs the model once (`_step._next_logits`), shapes the logits in one fixed order and
+draws one token per unfinished row; finished rows are padded.
+
+    >>> generate(torch.nn.Embedding(5, 5), torch.tensor([[1, 2]]), 3, temperature=0.0).shape
+    torch.Size([1, 5])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from transformer_kit.sampling._filters import (
+    LogitsFilter,
+    _allowed_mask,
+    apply_temperature,
+    filter_min_p,
+    filter_top_k,
+    filter_top_p,
+)
+from transformer_kit.sampling._penalties import (
+    apply_frequency_penalty,
+    apply_presence_penalty,
+    apply_repetition_penalty,
+)
+from transformer_kit.sampling._step import (
+    _check_prompt,
+    _inference,
+    _next_logits,
+    _resolve_block_size,
+)
+
+__all__ = ["generate"]
+
+
+def generate(
+    model: nn.Module,
+    ids: Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    allowed_next: Callable[[list[int]], Collection[int]] | None = None,
+    stop_ids: Sequence[int] = (),
+    stop_sequences: Sequence[Sequence[int]] = (),
+    generator: torch.Generator | None = None,
+    filters: Sequence[LogitsFilter] = (),
+    block_size: int | None = None,
+    pad_id: int = 0,
+) -> Tensor:
+    """Extend each sequence in `ids` by up to `max_new_tokens` sampled tokens.
+
+    At each step the model sees the last `block_size` tokens and only its logits at the last
+    position are used. They then go through this fixed order:
+
+    1. `allowed_next` mask (`mask_allowed` with the ids the callable returns for the row);
+    2. repetition, presence, then frequency penalty, over the row's whole sequence so far
+       (prompt included, not cropped to `block_size`);
+    3. temperature; `temperature=0` is greedy: the argmax is taken here (lowest id on ties)
+       in place of steps 4 to 8;
+    4. top-k; 5. top-p; 6. min-p; 7. each of `filters`, in order;
+    8. a draw with `torch.multinomial(probs, 1, generator=generator)`.
+
+    A row finishes when its generated tokens end with a stop sequence: any of
+    `stop_sequences`, or one token of `stop_ids`. The stop tokens are kept and later positions
+    hold `pad_id`. A stop sequence must lie wholly inside the generated tokens, so a prompt's
+    own tail never completes one. Generation ends early once every row has finished, so the
+    result may be shorter than `T + max_new_tokens`.
+
+    The model runs under `torch.no_grad()` in eval mode; every submodule's training flag is
+    restored afterwards, even on error. `ids` is never mutated.
+
+    Args:
+        model: Maps ids `(B, T)` to logits `(B, T, V)`, or to an object with such a `.logits`.
+        ids: Prompt token ids, an integer tensor of shape `(B, T)` with `T >= 1`.
+        max_new_tokens: Maximum number of tokens to append, >= 0.
+        temperature: Softmax temperature, >= 0; 0 is greedy.
+        top_k: Keep only the `top_k` largest logits (ties at the cut kept); None disables.
+        top_p: Keep the smallest most-probable set with mass >= `top_p`; None disables.
+        min_p: Keep the tokens with probability >= `min_p` times the top one; None disables.
+        repetition_penalty: CTRL penalty for tokens already in the row, > 0; 1 disables.
+        presence_penalty: Subtracted once from tokens already in the row; 0 disables.
+        frequency_penalty: Subtracted per occurrence from tokens already in the row; 0
+            disables.
+        allowed_next: Called with one unfinished row's ids so far (`list[int]`, prompt
+            included) and returns the ids allowed next; every other token is masked out.
+            None allows everything.
+        stop_ids: Token ids that finish a row, each a one-token stop sequence.
+        stop_sequences: Token sequences that finish a row once its generated tail equals one.
+        generator: Source of randomness; the same seed gives the same output. None uses torch's
+            global RNG.
+        filters: Extra `LogitsFilter`s applied after min-p, in order.
+        block_size: Context length fed to the model; defaults to `model.config.block_size` when
+            the model has one, else the whole sequence.
+        pad_id: Fill for finished rows. Finished rows are still fed to the model until all
+            rows finish, so it must be a valid input id.
+
+    Returns:
+        A new tensor `(B, T + n)` with `n <= max_new_tokens`, whose first `T` columns are `ids`.
+
+    Raises:
+        ValueError: If `ids` is not a 2-D integer tensor with at least one column, another
+            argument is out of range, or `allowed_next` returns no ids or an id outside
+            `[0, V)` (the message names the step and the row).
+
+    Example:
+        >>> table = torch.nn.Embedding(5, 5)
+        >>> out = generate(table, torch.tensor([[1, 2]]), 3, top_k=2, stop_sequences=[[3, 4]])
+        >>> out.shape[1] <= 5
+        True
+    """
+    _check_prompt(ids, "generate")
+    _check_arguments(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+    )
+    block_size = _resolve_block_size(model, block_size, "generate")
+    stops = _stop_table(stop_ids, stop_sequences, ids)
+
+    out = ids.clone()
+    finished = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
+    with _inference(model):
+        for step in range(max_new_tokens):
+            if bool(finished.all()):
+                break
+            logits = _next_logits(model, out, block_size, "generate")  # (B, V)
+            if allowed_next is not None:
+                keep = _allowed_rows(allowed_next, out, finished, logits.size(-1), step)
+                logits = logits.masked_fill(~keep, -math.inf)
+            if repetition_penalty != 1.0:
+                logits = apply_repetition_penalty(logits, out, repetition_penalty)
+            if presence_penalty != 0.0:
+                logits = apply_presence_penalty(logits, out, presence_penalty)
+            if frequency_penalty != 0.0:
+                logits = apply_frequency_penalty(logits, out, frequency_penalty)
+            if temperature == 0.0:
+                token = logits.argmax(dim=-1)  # (B,)
+            else:
+                logits = apply_temperature(logits, temperature)
+                if top_k is not None:
+                    logits = filter_top_k(logits, top_k)
+                if top_p is not None:
+                    logits = filter_top_p(logits, top_p)
+                if min_p is not None:
+                    logits = filter_min_p(logits, min_p)
+                for logits_filter in filters:
+                    logits = logits_filter(logits)
+                probs = torch.softmax(logits, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            token = torch.where(finished, pad_id, token.to(ids.dtype))
+            out = torch.cat([out, token[:, None]], dim=1)  # (B, T + step + 1)
+            finished |= _ends_with_stop(out, step + 1, stops)
+    return out
+
+
+def _check_arguments(
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    min_p: float | None,
+    repetition_penalty: float,
+    presence_penalty: float,
+    frequency_penalty: float,
+) -> None:
+    """Raise a ValueError naming the first out-of-range argument of `generate`."""
+    if max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens!r}")
+    if not 0.0 <= temperature < math.inf:
+        raise ValueError(
+            f"generate: temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}"
+        )
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"generate: top_k must be an int >= 1 or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"generate: min_p must be in [0, 1] or None, got {min_p!r}")
+    if not 0.0 < repetition_penalty < math.inf:
+        raise ValueError(
+            "generate: repetition_penalty must be a finite number > 0 (1 disables),"
+            f" got {repetition_penalty!r}"
+        )
+    if not math.isfinite(presence_penalty):
+        raise ValueError(
+            "generate: presence_penalty must be a finite number (0 disables),"
+            f" got {presence_penalty!r}"
+        )
+    if not math.isfinite(frequency_penalty):
+        raise ValueError(
+            "generate: frequency_penalty must be a finite number (0 disables),"
+            f" got {frequency_penalty!r}"
+        )
+
+
+def _stop_table(
+    stop_ids: Sequence[int], stop_sequences: Sequence[Sequence[int]], ids: Tensor
+) -> list[Tensor]:
+    """All stop sequences grouped by length: one `(S, L)` tensor per length `L`."""
+    sequences = [[token] for token in stop_ids]
+    for index, sequence in enumerate(stop_sequences):
+        if len(sequence) == 0:
+            raise ValueError(
+                "generate: stop_sequences must hold non-empty token sequences,"
+                f" got {list(sequence)!r} at index {index}"
+            )
+        sequences.append(list(sequence))
+    lengths = sorted({len(sequence) for sequence in sequences})
+    return [
+        torch.tensor([s for s in sequences if len(s) == n], dtype=ids.dtype, device=ids.device)
+        for n in lengths
+    ]
+
+
+def _ends_with_stop(out: Tensor, n_generated: int, stops: list[Tensor]) -> Tensor:
+    """Rows `(B,)` whose last `n_generated` tokens end with one of the stop sequences."""
+    hit = torch.zeros(out.size(0), dtype=torch.bool, device=out.device)
+    for group in stops:  # (S, L)
+        length = group.size(1)
+        if length <= n_generated:
+            tail = out[:, -length:]  # (B, L)
+            hit |= (tail[:, None, :] == group[None]).all(dim=-1).any(dim=-1)
+    return hit
+
+
+def _allowed_rows(
+    allowed_next: Callable[[list[int]], Collection[int]],
+    out: Tensor,
+    finished: Tensor,
+    vocab_size: int,
+    step: int,
+) -> Tensor:
+    """The `(B, V)` mask of the ids `allowed_next` allows per unfinished row; all for the rest."""
+    rows = []
+    for row, (sequence, done) in enumerate(zip(out.tolist(), finished.tolist(), strict=True)):
+        if done:
+            rows.append(torch.ones(vocab_size, dtype=torch.bool, device=out.device))
+        else:
+            subject = f"generate: allowed_next for row {row} at step {step}"
+            rows.append(_allowed_mask(allowed_next(sequence), vocab_size, out.device, subject))
+    return torch.stack(rows)  # (B, V)
