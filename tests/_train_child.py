@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from transformer_kit.augment import RandomTokenMask, Stage, StagedAugmentation
 from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.data import TokenDataset
+from transformer_kit.early_stopping import EarlyStopping
 from transformer_kit.fsdp import consolidate_to_full_state_dict
 from transformer_kit.logging import JSONLLogger
 from transformer_kit.models import GPT, GPTConfig
@@ -69,6 +71,9 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--stop-at", type=int, default=None)
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument(
+        "--augment", action="store_true", help="staged token masking + early stopping state"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -83,7 +88,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=3e-3,
         warmup_steps=2,
-        eval_every=1000,
+        eval_every=4 if args.augment else 1000,
         eval_batches=2,
         checkpoint_every=args.checkpoint_every,
         seed=7,
@@ -97,6 +102,10 @@ def main() -> None:
         TokenDataset(data[3500:], 16),
         loggers=[JSONLLogger(args.out / "metrics.jsonl")],
         checkpoints=CheckpointManager(args.out / "checkpoints"),
+        augment=StagedAugmentation([Stage(0, RandomTokenMask(0.2, mask_id=3), p=0.5)], seed=11)
+        if args.augment
+        else None,
+        early_stopping=EarlyStopping(patience=50) if args.augment else None,
         callbacks=[KillAt(args.kill_at)] * bool(args.kill_at)
         + [StopAt(args.stop_at)] * bool(args.stop_at),
     )

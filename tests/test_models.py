@@ -4,22 +4,45 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
+from collections.abc import Iterator
+from typing import get_args
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import nn
 from torch.testing import assert_close
 
-from transformer_kit.models import GPT, GPTConfig
+from transformer_kit.models import GPT, GPTConfig, KVCache, MlpKind, NormKind, PositionKind
+from transformer_kit.models.positional import alibi_slopes, apply_rope
 
-# Shapes: B batch, T time, C d_model, H heads, D head dim, V vocab.
+# Shapes: B batch, T time, C d_model, H heads, K kv heads, D head dim, F ff dim, V vocab.
 
 VOCAB = 11
 BLOCK = 8
+POSITIONS = get_args(PositionKind)
+NORMS = get_args(NormKind)
+MLPS = get_args(MlpKind)
+RELATIVE = ("rope", "alibi")
+# Every (position, norm, mlp) combination.
+VARIANTS = list(itertools.product(POSITIONS, NORMS, MLPS))
+# Attention options layered on each combination: (n_kv_head, qk_norm) with n_head=4.
+ATTENTION = [(None, False), (2, True), (1, False)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # These tiny models spend their time handing work between OpenMP threads: one thread was
+    # 2-5x faster per forward on the shared 2-core machine (measured when writing these tests).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _config(**overrides: object) -> GPTConfig:
@@ -85,6 +108,20 @@ BAD_VALUES = [
     ("pad_id", 65),
     ("pad_id", 1.0),
     ("pad_id", False),
+    ("position", "relative"),
+    ("position", None),
+    ("norm", "batchnorm"),
+    ("mlp", "glu"),
+    ("n_kv_head", 0),
+    ("n_kv_head", 3),
+    ("n_kv_head", 2.0),
+    ("qk_norm", 1),
+    ("zero_init_output", "no"),
+    ("gradient_checkpointing", None),
+    ("attn_dropout", 1.0),
+    ("attn_dropout", -0.1),
+    ("attn_dropout", True),
+    ("max_position", 512),  # the default position "learned" cannot extrapolate
 ]
 
 
@@ -108,33 +145,45 @@ def test_config_is_frozen_and_keyword_only() -> None:
         GPTConfig(65)  # type: ignore[misc]
 
 
-_valid_configs = st.builds(
-    lambda vocab, block, layers, heads, head_dim, d_ff, dropout, bias, tie, pad: GPTConfig(
+@st.composite
+def _valid_configs(draw: st.DrawFn) -> GPTConfig:
+    heads = draw(st.integers(1, 64))
+    head_dim = draw(st.integers(1, 64))
+    vocab = draw(st.integers(1, 100_000))
+    block = draw(st.integers(1, 8192))
+    position = draw(st.sampled_from(POSITIONS))
+    if position == "rope":
+        head_dim += head_dim % 2  # rope pairs channels
+    max_position = None
+    if position in RELATIVE:
+        max_position = draw(st.none() | st.integers(block, 100_000))
+    pad = draw(st.none() | st.integers(0, 100_000))
+    return GPTConfig(
         vocab_size=vocab,
         block_size=block,
-        n_layer=layers,
+        n_layer=draw(st.integers(1, 96)),
         n_head=heads,
         d_model=heads * head_dim,
-        d_ff=d_ff,
-        dropout=dropout,
-        bias=bias,
-        tie_weights=tie,
+        d_ff=draw(st.none() | st.integers(1, 16_384)),
+        dropout=draw(st.floats(0.0, 1.0, exclude_max=True)),
+        bias=draw(st.booleans()),
+        tie_weights=draw(st.booleans()),
         pad_id=None if pad is None else pad % vocab,
-    ),
-    st.integers(1, 100_000),
-    st.integers(1, 8192),
-    st.integers(1, 96),
-    st.integers(1, 64),
-    st.integers(1, 256),
-    st.none() | st.integers(1, 16_384),
-    st.floats(0.0, 1.0, exclude_max=True),
-    st.booleans(),
-    st.booleans(),
-    st.none() | st.integers(0, 100_000),
-)
+        position=position,
+        norm=draw(st.sampled_from(NORMS)),
+        mlp=draw(st.sampled_from(MLPS)),
+        n_kv_head=draw(
+            st.none() | st.sampled_from([k for k in range(1, heads + 1) if heads % k == 0])
+        ),
+        qk_norm=draw(st.booleans()),
+        zero_init_output=draw(st.booleans()),
+        attn_dropout=draw(st.floats(0.0, 1.0, exclude_max=True)),
+        max_position=max_position,
+        gradient_checkpointing=draw(st.booleans()),
+    )
 
 
-@given(config=_valid_configs)
+@given(config=_valid_configs())
 def test_config_round_trips_through_json(config: GPTConfig) -> None:
     d = config.to_dict()
     assert set(d) == {field.name for field in dataclasses.fields(GPTConfig)}
@@ -150,6 +199,75 @@ def test_config_from_dict_rejects_unknown_keys_naming_them_and_the_valid_keys() 
 def test_config_from_dict_requires_vocab_size() -> None:
     with pytest.raises(ValueError, match="'vocab_size' is missing"):
         GPTConfig.from_dict({"n_layer": 2})
+
+
+def test_config_new_fields_default_to_plain_gpt2() -> None:
+    config = GPTConfig(vocab_size=65)
+    assert (config.position, config.norm, config.mlp) == ("learned", "layernorm", "gelu")
+    assert (config.n_kv_head, config.kv_heads, config.qk_norm) == (None, 4, False)
+    assert (config.zero_init_output, config.attn_dropout, config.gradient_checkpointing) == (
+        False,
+        0.0,
+        False,
+    )
+    assert (config.max_position, config.context_limit) == (None, 256)
+
+
+def test_config_dict_saved_before_the_variants_existed_still_loads() -> None:
+    old = {
+        "vocab_size": 65, "block_size": 32, "n_layer": 2, "n_head": 2, "d_model": 16,
+        "d_ff": None, "dropout": 0.1, "bias": True, "tie_weights": True, "pad_id": 0,
+    }  # fmt: skip
+    config = GPTConfig.from_dict(old)
+    assert config == GPTConfig(**old)
+    assert config.to_dict() == {**GPTConfig(vocab_size=65).to_dict(), **old}
+    # The trainer and checkpoints rely on these names; the defaults must not rename a tensor.
+    names = set(GPT(config).state_dict())
+    for i in range(2):
+        assert {
+            f"blocks.{i}.{part}.weight"
+            for part in ("norm_1", "attn.qkv", "attn.proj", "norm_2", "mlp.fc", "mlp.proj")
+        } <= names
+    assert {"tok_emb.weight", "pos_emb.weight", "norm_f.weight", "head.weight"} <= names
+    assert len(names) == 5 + 2 * 12  # + norm_f.bias; 6 weights and 6 biases per block
+
+
+@pytest.mark.parametrize(
+    ("mlp", "d_ff", "expected"),
+    [("gelu", None, 64), ("relu2", None, 64), ("swiglu", None, 42)]
+    + [(mlp, 40, 40) for mlp in MLPS],
+)
+def test_ff_dim_defaults_per_mlp(mlp: str, d_ff: int | None, expected: int) -> None:
+    # swiglu: 2/3 of 4d = 8 * 16 // 3 = 42, so 3 matrices hold about as many weights as 2 of 4d.
+    assert GPTConfig(vocab_size=65, d_model=16, n_head=2, mlp=mlp, d_ff=d_ff).ff_dim == expected
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_context_limit_is_max_position_only_for_relative_positions(position: str) -> None:
+    config = GPTConfig(vocab_size=65, block_size=32, position=position)
+    assert config.context_limit == 32
+    if position in RELATIVE:
+        assert dataclasses.replace(config, max_position=100).context_limit == 100
+    else:
+        with pytest.raises(
+            ValueError, match=f"max_position must be None for position '{position}'"
+        ):
+            dataclasses.replace(config, max_position=100)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"position": "rope", "d_model": 6, "n_head": 2}, r"head_dim \(d_model / n_head = 3\)"),
+        ({"position": "rope", "max_position": 100}, r"int >= block_size \(256\), got 100"),
+        ({"position": "alibi", "max_position": True}, r"int >= block_size \(256\), got True"),
+        ({"n_head": 4, "n_kv_head": 3}, r"n_kv_head must be a divisor of n_head \(4\), got 3"),
+        ({"n_head": 2, "n_kv_head": 4}, r"n_kv_head must be a divisor of n_head \(2\), got 4"),
+    ],
+)
+def test_config_rejects_inconsistent_fields_naming_them(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(vocab_size=65, **fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,49 +397,111 @@ def _linear64(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
     return y if layer.bias is None else y + layer.bias.double()
 
 
-def _layer_norm64(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
-    """(x - mean) / sqrt(var + eps) * gain + bias over the last dim, in float64."""
+def _norm64(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """LayerNorm or RMSNorm over the last dim, in float64 (eps 1e-5: nn.LayerNorm's default)."""
+    if isinstance(norm, nn.RMSNorm):  # x / sqrt(mean(x^2) + eps) * gain
+        return x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * norm.weight.double()
     mean = x.mean(-1, keepdim=True)
     var = ((x - mean) ** 2).mean(-1, keepdim=True)  # biased variance, as LayerNorm uses
-    y = (x - mean) / torch.sqrt(var + 1e-5) * norm.weight.double()  # eps: nn.LayerNorm default
+    y = (x - mean) / torch.sqrt(var + 1e-5) * norm.weight.double()
     return y if norm.bias is None else y + norm.bias.double()
 
 
-def _attention64(x: torch.Tensor, attn: torch.nn.Module, n_head: int) -> torch.Tensor:
-    """Causal multi-head attention, one head at a time, with an explicit masked softmax."""
+def _rope64(x: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """RoPE as complex multiplication: (x_i + j x_{i+D/2}) * exp(j p 10000^(-2i/D)), float64."""
+    T, D = x.shape[-2], x.shape[-1]
+    i = torch.arange(D // 2, dtype=torch.float64)
+    p = torch.arange(start, start + T, dtype=torch.float64)
+    rotation = torch.polar(
+        torch.ones(T, D // 2, dtype=torch.float64), p[:, None] * 1e4 ** (-2 * i / D)
+    )
+    z = torch.complex(x[..., : D // 2], x[..., D // 2 :]) * rotation  # (..., T, D/2)
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+# ALiBi slopes written out from Press et al. 2022, sec. 3 (8 heads: 1/2, 1/4, ..., 1/256) and
+# their rule for 6 heads: the 4-head slopes, then every other 8-head slope.
+ALIBI_SLOPES = {
+    1: [2**-8],
+    2: [2**-4, 2**-8],
+    4: [2**-2, 2**-4, 2**-6, 2**-8],
+    6: [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3],
+    8: [2.0**-k for k in range(1, 9)],
+}
+
+
+def _attention64(
+    x: torch.Tensor, attn: torch.nn.Module, config: GPTConfig, start: int = 0
+) -> torch.Tensor:
+    """Causal attention one query head at a time, with an explicit masked softmax, in float64.
+
+    `x` holds positions start .. start + T - 1 and attends to itself only (no cache).
+    """
     B, T, C = x.shape
-    D = C // n_head
-    qkv = _linear64(x, attn.qkv)  # (B, T, 3C)
-    q, k, v = qkv[..., :C], qkv[..., C : 2 * C], qkv[..., 2 * C :]
+    H, K, D = config.n_head, config.kv_heads, config.head_dim
+    qkv = _linear64(x, attn.qkv)  # (B, T, (H + 2K) D)
+    q, k, v = qkv[..., : H * D], qkv[..., H * D : (H + K) * D], qkv[..., (H + K) * D :]
     future = torch.ones(T, T).triu(diagonal=1).bool()  # True where key index > query index
+    distance = (torch.arange(T)[None, :] - torch.arange(T)[:, None]).double()  # key - query
     heads = []
-    for h in range(n_head):
-        cols = slice(h * D, (h + 1) * D)
-        scores = q[..., cols] @ k[..., cols].transpose(1, 2) / math.sqrt(D)  # (B, T, T)
+    for h in range(H):
+        g = h // (H // K)  # the key/value head this query head shares
+        qh, kh = q[..., h * D : (h + 1) * D], k[..., g * D : (g + 1) * D]  # (B, T, D)
+        if config.qk_norm:
+            qh, kh = _norm64(qh, attn.q_norm), _norm64(kh, attn.k_norm)
+        if config.position == "rope":
+            qh, kh = _rope64(qh, start), _rope64(kh, start)
+        scores = qh @ kh.transpose(1, 2) / math.sqrt(D)  # (B, T, T)
+        if config.position == "alibi":
+            scores = scores + ALIBI_SLOPES[H][h] * distance
         weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
-        heads.append(weights @ v[..., cols])  # (B, T, D)
+        heads.append(weights @ v[..., g * D : (g + 1) * D])  # (B, T, D)
     return _linear64(torch.cat(heads, dim=-1), attn.proj)  # (B, T, C)
 
 
+def _mlp64(x: torch.Tensor, mlp: torch.nn.Module, kind: str) -> torch.Tensor:
+    h = _linear64(x, mlp.fc)  # (B, T, F), or (B, T, 2F) for swiglu
+    if kind == "gelu":
+        h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))  # exact GELU
+    elif kind == "relu2":
+        h = torch.where(h > 0, h * h, 0.0)
+    else:  # swiglu: first half gates, second half carries the value; silu(a) = a sigmoid(a)
+        gate, up = h.chunk(2, dim=-1)
+        h = gate / (1 + torch.exp(-gate)) * up
+    return _linear64(h, mlp.proj)
+
+
+def _sinusoids64(T: int, C: int) -> torch.Tensor:
+    """Vaswani et al. 2017, sec. 3.5, entry by entry."""
+    table = torch.zeros(T, C, dtype=torch.float64)
+    for p in range(T):
+        for i in range(C):
+            angle = p / 10000 ** (2 * (i // 2) / C)
+            table[p, i] = math.sin(angle) if i % 2 == 0 else math.cos(angle)
+    return table
+
+
 def _gpt64(model: GPT, ids: torch.Tensor) -> torch.Tensor:
-    """An independent float64 forward pass of `model` (eval mode): GPT-2 with pre-norm blocks."""
+    """An independent float64 forward pass of `model` (eval mode, any variant), pre-norm blocks."""
     config = model.config
     T = ids.shape[1]
-    x = model.tok_emb.weight.double()[ids] + model.pos_emb.weight.double()[:T]  # (B, T, C)
+    x = model.tok_emb.weight.double()[ids]  # (B, T, C)
+    if config.position == "learned":
+        x = x + model.pos_emb.weight.double()[:T]
+    elif config.position == "sinusoidal":
+        x = x + _sinusoids64(T, config.d_model)
     for block in model.blocks:
-        x = x + _attention64(_layer_norm64(x, block.norm_1), block.attn, config.n_head)
-        h = _linear64(_layer_norm64(x, block.norm_2), block.mlp.fc)  # (B, T, F)
-        h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))  # exact GELU
-        x = x + _linear64(h, block.mlp.proj)
-    return _linear64(_layer_norm64(x, model.norm_f), model.head)  # (B, T, V)
+        x = x + _attention64(_norm64(x, block.norm_1), block.attn, config)
+        x = x + _mlp64(_norm64(x, block.norm_2), block.mlp, config.mlp)
+    return _linear64(_norm64(x, model.norm_f), model.head)  # (B, T, V)
 
 
-def _scramble(module: torch.nn.Module, seed: int) -> None:
-    """Give every parameter N(0, 0.3) values so that no path is near zero or near uniform."""
+def _scramble(module: torch.nn.Module, seed: int, std: float = 0.3) -> None:
+    """Give every parameter N(0, std) values so that no path is near zero or near uniform."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -333,7 +513,7 @@ def test_sdpa_attention_equals_float64_masked_softmax(T: int, bias: bool) -> Non
     x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(0))  # (B, T, C)
     with torch.no_grad():
         got = attn(x)  # (B, T, C)
-        expected = _attention64(x.double(), attn, n_head=4)
+        expected = _attention64(x.double(), attn, model.config)
     assert expected.abs().mean() > 0.1  # the comparison is not between near-zero tensors
     assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
@@ -466,3 +646,464 @@ def test_dropout_hits_embeddings_and_each_residual_branch(where: str) -> None:
     assert not torch.any(evaluated == 0)
     if where == "embeddings":  # kept entries are scaled by 1 / (1 - p)
         assert_close(train[~dropped], 2 * evaluated[~dropped])
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants: every (position, norm, mlp) with grouped-query attention and qk-norm on top
+
+
+def _variant(position: str, norm: str, mlp: str, **overrides: object) -> GPT:
+    return _model(n_head=4, position=position, norm=norm, mlp=mlp, **overrides)
+
+
+@pytest.mark.parametrize(("n_kv_head", "qk_norm"), ATTENTION)
+@pytest.mark.parametrize(("position", "norm", "mlp"), VARIANTS)
+def test_variant_equals_float64_reference_forward(
+    position: str, norm: str, mlp: str, n_kv_head: int | None, qk_norm: bool
+) -> None:
+    model = _variant(position, norm, mlp, n_kv_head=n_kv_head, qk_norm=qk_norm).eval()
+    _scramble(model, seed=1)
+    ids = _ids(2, BLOCK, seed=2)
+    with torch.no_grad():
+        got = model(ids).logits  # (B, T, V)
+        expected = _gpt64(model, ids)
+    assert expected.std() > 0.1
+    assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("position", "norm", "mlp"), VARIANTS)
+def test_variant_shapes_and_loss_ignore_pad(position: str, norm: str, mlp: str) -> None:
+    model = _variant(position, norm, mlp, n_kv_head=2)
+    ids, targets = _ids(3, BLOCK, seed=1), _ids(3, BLOCK, seed=2)
+    targets[:, ::3] = 0  # pad_id 0
+    out = model(ids, targets)
+    assert out.logits.shape == (3, BLOCK, VOCAB) and out.logits.dtype == torch.float32
+    log_probs = torch.log_softmax(out.logits.double(), dim=-1)  # (B, T, V)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    assert out.loss is not None
+    assert_close(out.loss.double(), nll[targets != 0].mean(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("n_kv_head", "qk_norm"), ATTENTION)
+@pytest.mark.parametrize("position", POSITIONS)
+def test_variant_is_causal(position: str, n_kv_head: int | None, qk_norm: bool) -> None:
+    model = _variant(position, "rmsnorm", "swiglu", n_kv_head=n_kv_head, qk_norm=qk_norm).eval()
+    _scramble(model, seed=3)
+    ids = _ids(2, BLOCK, seed=4)
+    for p in (0, 3, BLOCK - 1):
+        changed = ids.clone()
+        changed[:, p] = (changed[:, p] + 1) % VOCAB
+        with torch.no_grad():
+            before, after = model(ids).logits, model(changed).logits  # (B, T, V)
+        assert_close(after[:, :p], before[:, :p], rtol=0, atol=1e-6)
+        assert not torch.allclose(after[:, p], before[:, p])
+
+
+@pytest.mark.parametrize("T", [1, 5, BLOCK])
+@pytest.mark.parametrize(("n_kv_head", "qk_norm"), ATTENTION)
+@pytest.mark.parametrize("position", POSITIONS)
+def test_sdpa_variant_attention_equals_float64_reference(
+    position: str, n_kv_head: int | None, qk_norm: bool, T: int
+) -> None:
+    model = _model(n_head=4, d_model=32, position=position, n_kv_head=n_kv_head, qk_norm=qk_norm)
+    attn = model.blocks[0].attn
+    _scramble(attn, seed=T)
+    x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(0))  # (B, T, C)
+    with torch.no_grad():
+        got = attn(x)  # (B, T, C)
+        expected = _attention64(x.double(), attn, model.config)
+    assert expected.abs().mean() > 0.1
+    assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_head", sorted(ALIBI_SLOPES))
+def test_alibi_slopes_match_the_paper(n_head: int) -> None:
+    assert alibi_slopes(n_head).tolist() == ALIBI_SLOPES[n_head]
+
+
+@given(shift=st.integers(0, 5000), seed=st.integers(0, 2**16))
+def test_rope_scores_depend_only_on_the_offset(shift: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 1, 1, 3, 8, generator=generator)  # 2 x (B, H, T, D)
+    positions = torch.tensor([0, 4, 9])
+    scores = apply_rope(q, positions) @ apply_rope(k, positions).transpose(-1, -2)  # (1, 1, 3, 3)
+    moved = apply_rope(q, positions + shift) @ apply_rope(k, positions + shift).transpose(-1, -2)
+    # float32 angles p * theta lose about p * 6e-8 rad, hence the tolerance at large shifts.
+    assert_close(moved, scores, rtol=0, atol=1e-5 + 2e-6 * shift)
+
+
+def test_sinusoidal_positions_match_the_formula() -> None:
+    model = _model(position="sinusoidal", d_model=10, n_head=2)
+    assert model.pos_emb is not None and not list(model.pos_emb.parameters())
+    table = model.pos_emb(torch.arange(BLOCK))  # (T, C)
+    assert_close(table.double(), _sinusoids64(BLOCK, 10), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1, "qk_norm": True},
+        {"position": "alibi", "mlp": "relu2", "zero_init_output": True, "bias": False},
+    ],
+    ids=["rope-rmsnorm-swiglu-mqa-qknorm", "alibi-relu2-zeroinit"],
+)
+def test_variant_overfits_one_small_batch(overrides: dict) -> None:
+    model = _model(vocab_size=16, block_size=16, pad_id=None, n_head=4, d_model=32, **overrides)
+    ids = torch.randint(0, 16, (4, 17), generator=torch.Generator().manual_seed(0))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    losses = []
+    for _ in range(200):
+        loss = model(inputs, targets).loss
+        assert loss is not None
+        losses.append(loss.item())
+        if losses[-1] < 0.05:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[0] > 2.0  # started near log(16) = 2.77
+    assert losses[-1] < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Init options, qk-norm, attention dropout, gradient checkpointing
+
+
+def test_zero_init_output_starts_blocks_as_identity_and_still_learns() -> None:
+    model = _model(zero_init_output=True)
+    for block in model.blocks:
+        assert torch.all(block.attn.proj.weight == 0) and torch.all(block.mlp.proj.weight == 0)
+        assert block.attn.qkv.weight.std() > 0.01  # the rest keeps the N(0, 0.02) init
+    ids = _ids(2, BLOCK)
+    out = model(ids, ids)
+    embedded = model.tok_emb(ids) + model.pos_emb(torch.arange(BLOCK))  # (B, T, C)
+    assert_close(out.logits, model.head(model.norm_f(embedded)))  # every block is the identity
+    assert out.loss is not None
+    out.loss.backward()
+    for block in model.blocks:
+        assert block.attn.proj.weight.grad.abs().sum() > 0
+        assert block.mlp.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_qk_norm_makes_attention_blind_to_query_and_key_scale(norm: str) -> None:
+    outputs = {}
+    for qk_norm in (True, False):
+        model = _model(n_head=4, d_model=32, bias=False, norm=norm, qk_norm=qk_norm).eval()
+        attn = model.blocks[0].attn
+        _scramble(attn, seed=0)
+        x = torch.randn(2, BLOCK, 32, generator=torch.Generator().manual_seed(1))  # (B, T, C)
+        with torch.no_grad():
+            before = attn(x)
+            attn.qkv.weight[:32] *= 7.0  # every query row
+            attn.qkv.weight[32:64] *= 0.2  # every key row
+            outputs[qk_norm] = (before, attn(x))
+    assert_close(*outputs[True], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(*outputs[False], atol=1e-2)  # control: without qk-norm it matters
+
+
+def test_attention_dropout_is_separate_from_residual_dropout() -> None:
+    model = _model(attn_dropout=0.5, dropout=0.0)
+    assert model.drop.p == 0.0 and model.blocks[0].attn.dropout.p == 0.0
+    ids = _ids(2, BLOCK)
+    model.train()
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+    model.eval()
+    assert torch.equal(model(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_gradient_checkpointing_keeps_outputs_and_gradients(dropout: float) -> None:
+    models = {
+        flag: _model(
+            seed=1, dropout=dropout, attn_dropout=dropout, position="rope",
+            gradient_checkpointing=flag,
+        ).train()
+        for flag in (False, True)
+    }  # fmt: skip
+    calls = []
+    for block in models[True].blocks:  # the block's own hook would miss the recompute, which
+        # stops as soon as the saved tensors are rebuilt (non-reentrant checkpoint)
+        block.attn.register_forward_hook(lambda module, args, out: calls.append(1))
+    ids, targets = _ids(2, BLOCK, seed=1), _ids(2, BLOCK, seed=2)
+    results = {}
+    for flag, model in models.items():
+        torch.manual_seed(5)  # the same dropout masks in both runs
+        out = model(ids, targets)
+        assert out.loss is not None
+        out.loss.backward()
+        results[flag] = (out.logits, {n: p.grad for n, p in model.named_parameters()})
+    assert_close(results[True][0], results[False][0], rtol=0, atol=1e-6)
+    for name, grad in results[False][1].items():
+        assert_close(results[True][1][name], grad, rtol=1e-5, atol=1e-7)
+    assert len(calls) == 2 * 2  # each of 2 attentions ran twice: forward, then in backward
+
+
+# ---------------------------------------------------------------------------------------------
+# Position-feature hook
+
+
+class _BarPosition(nn.Module):
+    """A domain feature: the position within a bar of 4 tokens, as a learned embedding."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(4, d_model)
+        self.seen: list[list[int]] = []
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.seen.append(positions.tolist())
+        return self.table(positions % 4).expand(ids.shape[0], -1, -1)  # (B, T, C)
+
+
+def test_position_features_are_added_trained_and_saved() -> None:
+    plain = _model(seed=0)
+    hooked = GPT(plain.config, position_features=_BarPosition(plain.config.d_model))
+    missing = hooked.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["position_features.table.weight"]
+    ids, targets = _ids(2, BLOCK, seed=1), _ids(2, BLOCK, seed=2)
+    features = hooked.position_features
+    assert isinstance(features, _BarPosition)
+    assert features.table.weight.std().item() == pytest.approx(0.02, rel=0.5)  # the model's init
+    with torch.no_grad():
+        features.table.weight.zero_()
+    assert_close(hooked(ids).logits, plain(ids).logits)  # zero features: same model
+    with torch.no_grad():
+        features.table.weight.normal_(generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(hooked(ids).logits, plain(ids).logits)
+
+    optimizer = torch.optim.SGD(hooked.parameters(), lr=0.1)
+    before = features.table.weight.detach().clone()
+    loss = hooked(ids, targets).loss
+    assert loss is not None
+    loss.backward()
+    assert features.table.weight.grad is not None and features.table.weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(features.table.weight, before)
+    d = plain.config.d_model
+    assert hooked.num_parameters() == plain.num_parameters() + 4 * d
+    assert hooked.num_parameters(exclude_embeddings=True) == plain.num_parameters(
+        exclude_embeddings=True
+    )
+    assert hooked.parameter_breakdown()["embeddings"] == (
+        plain.parameter_breakdown()["embeddings"] + 4 * d
+    )
+
+
+def test_position_features_see_absolute_positions_with_a_cache() -> None:
+    model = GPT(_config(position="rope"), position_features=_BarPosition(16)).eval()
+    features = model.position_features
+    assert isinstance(features, _BarPosition)
+    ids = _ids(1, 6, seed=3)
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        full = model(ids).logits
+        steps = [model(ids[:, :3], cache=cache).logits]
+        steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(3, 6)]
+    assert features.seen == [[0, 1, 2, 3, 4, 5], [0, 1, 2], [3], [4], [5]]
+    assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter breakdown and FLOPs
+
+
+@pytest.mark.parametrize(("n_kv_head", "qk_norm"), ATTENTION)
+@pytest.mark.parametrize(("position", "norm", "mlp"), VARIANTS)
+def test_parameter_breakdown_sums_to_num_parameters(
+    position: str, norm: str, mlp: str, n_kv_head: int | None, qk_norm: bool
+) -> None:
+    for tie in (True, False):
+        model = _variant(position, norm, mlp, n_kv_head=n_kv_head, qk_norm=qk_norm, tie_weights=tie)
+        parts = model.parameter_breakdown()
+        assert sorted(parts) == ["attention", "embeddings", "head", "mlp", "norms"]
+        assert sum(parts.values()) == model.num_parameters()
+        assert (parts["head"] == 0) == tie
+
+
+def test_parameter_breakdown_by_hand() -> None:
+    V, T, L, d = VOCAB, BLOCK, 2, 16
+    plain = _model()  # n_head 2, gelu, layernorm, biases, tied, learned positions
+    assert plain.parameter_breakdown() == {
+        "embeddings": V * d + T * d,
+        "attention": L * (3 * d * d + 3 * d + d * d + d),
+        "mlp": L * (d * 4 * d + 4 * d + 4 * d * d + d),
+        "norms": L * 2 * 2 * d + 2 * d,
+        "head": 0,
+    }
+    # rope, rmsnorm, swiglu (F = 8 * 16 // 3 = 42), one kv head (D = 8), qk-norm, untied, no bias.
+    F_, D = 42, 8
+    model = _model(
+        position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, qk_norm=True,
+        tie_weights=False, bias=False,
+    )  # fmt: skip
+    assert model.parameter_breakdown() == {
+        "embeddings": V * d,
+        "attention": L * (d * (2 + 2 * 1) * D + d * d),
+        "mlp": L * (d * 2 * F_ + F_ * d),
+        "norms": L * (d + d + D + D) + d,
+        "head": V * d,
+    }
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_flops_per_token_by_hand(tie_weights: bool) -> None:
+    V, T, L, d = VOCAB, BLOCK, 2, 16
+    # 6 N + 12 L d T (PaLM app. B), N = matmul weights: qkv 3d^2, proj d^2, MLP 8d^2, head Vd.
+    model = _model(tie_weights=tie_weights)
+    assert model.flops_per_token() == 6 * (L * 12 * d * d + V * d) + 12 * L * d * T
+    # GQA with 1 kv head of D = 8 and H = 2: qkv is d (2 + 2) D; swiglu F = 42 has 3 matrices.
+    gqa = _model(tie_weights=tie_weights, n_kv_head=1, mlp="swiglu")
+    N = L * (d * 4 * 8 + d * d + 3 * d * 42) + V * d
+    assert gqa.flops_per_token() == 6 * N + 12 * L * d * T
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+def _limits(position: str, length: int) -> dict[str, int]:
+    """A context of `length`: block_size for absolute positions, max_position for relative."""
+    if position in RELATIVE:
+        return {"block_size": BLOCK, "max_position": length}
+    return {"block_size": length}
+
+
+CACHE_EXTRAS = {
+    "mha": {},
+    "gqa-rmsnorm-swiglu-qknorm": {
+        "n_kv_head": 2,
+        "norm": "rmsnorm",
+        "mlp": "swiglu",
+        "qk_norm": True,
+    },
+}
+
+
+@pytest.mark.parametrize("extra", CACHE_EXTRAS.values(), ids=CACHE_EXTRAS.keys())
+@pytest.mark.parametrize("position", POSITIONS)
+def test_cached_decoding_equals_full_recompute(position: str, extra: dict) -> None:
+    prompt, steps = 10, 200
+    model = _model(
+        seed=3, n_head=4, position=position, **_limits(position, prompt + steps), **extra
+    )
+    model.eval()
+    _scramble(model, seed=4, std=0.2)
+    ids = _ids(2, prompt + steps, seed=5)
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        full = model(ids).logits  # (B, T, V); causal, so row t is the recompute of ids[:, :t+1]
+        logits = [model(ids[:, :prompt], cache=cache).logits]
+        for t in range(prompt, prompt + steps):  # one position per forward
+            logits.append(model(ids[:, t : t + 1], cache=cache).logits)
+            assert logits[-1].shape == (2, 1, VOCAB) and cache.length == t + 1
+    assert full.std() > 0.1
+    assert (torch.cat(logits, dim=1) - full).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("chunks", [[12], [5, 7], [1, 4, 1, 6]])
+@pytest.mark.parametrize("position", POSITIONS)
+def test_prefill_in_chunks_equals_full_forward(position: str, chunks: list[int]) -> None:
+    model = _model(seed=1, n_head=4, n_kv_head=2, position=position, **_limits(position, 12))
+    model.eval()
+    _scramble(model, seed=2)
+    ids = _ids(3, 12, seed=3)
+    cache = model.new_cache(3)
+    pieces, start = [], 0
+    with torch.no_grad():
+        full = model(ids).logits
+        for size in chunks:
+            pieces.append(model(ids[:, start : start + size], cache=cache).logits)
+            start += size
+    assert cache.length == 12
+    assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_new_cache_matches_model_dtype_device_and_kv_heads() -> None:
+    model = _model(n_head=4, n_kv_head=2, position="alibi", max_position=40).double()
+    cache = model.new_cache(3)
+    assert (cache.n_layer, cache.batch_size, cache.max_length, cache.length) == (2, 3, 40, 0)
+    for keys, values in zip(cache.keys, cache.values, strict=True):
+        assert keys.shape == values.shape == (3, 2, 40, 4)  # (B, K, L, D): 2 kv heads stored
+        assert keys.dtype == torch.float64 and keys.device == model.head.weight.device
+    assert model.new_cache(1, 7).max_length == 7
+    with torch.no_grad():
+        out = model(_ids(3, 5), cache=cache)
+    assert out.logits.dtype == torch.float64 and cache.length == 5
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+def test_absolute_positions_stop_at_block_size(position: str) -> None:
+    model = _model(position=position).eval()
+    cache = model.new_cache(1)
+    assert cache.max_length == BLOCK
+    with torch.no_grad():
+        model(_ids(1, BLOCK), cache=cache)
+        with pytest.raises(
+            ValueError, match=rf"cache length {BLOCK} \+ 1 new tokens = {BLOCK + 1} exceeds "
+            rf"block_size {BLOCK}; position '{position}' cannot extrapolate"
+        ):  # fmt: skip
+            model(_ids(1, 1), cache=cache)
+    assert cache.length == BLOCK  # a refused call leaves the cache as it was
+    with pytest.raises(ValueError, match=rf"max_length must be None or an int in \[1, {BLOCK}\]"):
+        model.new_cache(1, BLOCK + 1)
+
+
+@pytest.mark.parametrize("position", RELATIVE)
+def test_relative_positions_run_up_to_max_position(position: str) -> None:
+    model = _model(position=position, max_position=20).eval()
+    cache = model.new_cache(1)
+    assert cache.max_length == 20
+    with torch.no_grad():
+        assert model(_ids(1, 20)).logits.shape == (1, 20, VOCAB)  # past block_size 8
+        model(_ids(1, 19), cache=cache)
+        model(_ids(1, 1), cache=cache)
+        with pytest.raises(
+            ValueError, match=r"cache length 20 \+ 1 new tokens = 21 exceeds max_position 20"
+        ):
+            model(_ids(1, 1), cache=cache)
+        with pytest.raises(ValueError, match="sequence length 21 exceeds max_position 20"):
+            model(_ids(1, 21))
+        with pytest.raises(ValueError, match=f"sequence length {BLOCK + 1} exceeds block_size"):
+            _model(position=position)(_ids(1, BLOCK + 1))  # no max_position: block_size
+        small = model.new_cache(1, 4)
+        with pytest.raises(ValueError, match="= 5 exceeds the cache's max_length 4"):
+            model(_ids(1, 5), cache=small)
+
+
+def test_cache_must_fit_the_batch_and_the_model() -> None:
+    model = _model().eval()
+    with pytest.raises(ValueError, match=r"batch size 2.*ids have batch size 1"):
+        model(_ids(1, 3), cache=model.new_cache(2))
+    with pytest.raises(ValueError, match=r"cache has 3 layers.*n_layer 2"):
+        model(
+            _ids(1, 3),
+            cache=KVCache(n_layer=3, batch_size=1, n_kv_head=2, head_dim=8, max_length=8),
+        )
+    with pytest.raises(ValueError, match="KVCache: max_length must be a positive int, got 0"):
+        KVCache(n_layer=1, batch_size=1, n_kv_head=1, head_dim=1, max_length=0)
+
+
+def test_cache_crop_reset_and_reorder() -> None:
+    model = _model(seed=2, position="rope").eval()
+    _scramble(model, seed=3)
+    prompts, tail = _ids(2, 5, seed=1), _ids(2, 2, seed=2)
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        model(prompts, cache=cache)
+        first = model(tail, cache=cache).logits
+        cache.crop(5)  # forget the tail, decode something else, then the tail again
+        model(_ids(2, 3, seed=9), cache=cache)
+        cache.crop(5)
+        assert_close(model(tail, cache=cache).logits, first, rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match=r"length must be an int in \[0, 7\], got 8"):
+            cache.crop(8)
+
+        cache.reset()
+        assert cache.length == 0
+        model(prompts, cache=cache)
+        cache.reorder(torch.tensor([1, 1, 0]))  # follow beams: row 1 twice, then row 0
+        assert cache.batch_size == 3
+        got = model(tail[[1, 1, 0]], cache=cache).logits
+    assert_close(got, first[[1, 1, 0]], rtol=0, atol=1e-6)

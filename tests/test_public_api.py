@@ -20,7 +20,11 @@ PUBLIC = {
         "ByteTokenizer", "CharTokenizer", "DEFAULT_SPECIALS", "SPECIAL_GROUP", "Tokenizer",
         "Vocabulary", "load_tokenizer",
     ],
-    "models": ["Block", "CausalSelfAttention", "GPT", "GPTConfig", "MLP", "Output"],
+    "models": [
+        "Block", "CausalSelfAttention", "GPT", "GPTConfig", "KVCache", "MLP", "MlpKind",
+        "NormKind", "Output", "PositionKind", "SwiGLU",
+    ],
+    "optim": ["CombinedOptimizer", "OptimizerName", "build_optimizer", "parameter_groups"],
     "data": [
         "RandomBatches", "TokenDataset", "read_text_file", "stdlib_corpus", "stdlib_files",
         "train_val_split",

@@ -93,22 +93,37 @@ def test_weight_decay_only_on_matrices():
     assert n_opt == trainer.model.num_parameters()
 
 
-def test_resume_in_process_matches_uninterrupted_run(tmp_path):
-    straight = make_trainer(tmp_path / "a", max_steps=6, checkpoint_every=3)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "adafactor"])
+def test_resume_in_process_matches_uninterrupted_run(tmp_path, optimizer):
+    straight = make_trainer(tmp_path / "a", max_steps=6, checkpoint_every=3, optimizer=optimizer)
     straight.fit()
 
     class StopAt3:
         def on_step_end(self, trainer, metrics):
             return trainer.step == 3
 
-    first = make_trainer(tmp_path / "b", max_steps=6, checkpoint_every=3, callbacks=[StopAt3()])
+    first = make_trainer(
+        tmp_path / "b", max_steps=6, checkpoint_every=3, callbacks=[StopAt3()], optimizer=optimizer
+    )
     first.fit()
     assert first.step == 3
-    second = make_trainer(tmp_path / "b", max_steps=6, checkpoint_every=3)
+    state_at_3 = first.checkpoints.load("last")
+    second = make_trainer(tmp_path / "b", max_steps=6, checkpoint_every=3, optimizer=optimizer)
     assert second.resume() and second.step == 3
     second.fit()
     for key, value in weights(straight.model).items():
         assert torch.equal(value, second.model.state_dict()[key]), key
+    # Control: the same resume with a fresh optimizer state ends elsewhere.
+    third = make_trainer(max_steps=6, optimizer=optimizer)
+    third.load_state_dict(state_at_3)
+    third.optimizer = third.configure_optimizer()
+    third.scheduler = third.configure_scheduler(third.optimizer)
+    third.scheduler.load_state_dict(state_at_3["scheduler"])
+    third.fit()
+    assert third.step == 6
+    assert any(
+        not torch.equal(v, third.model.state_dict()[k]) for k, v in weights(straight.model).items()
+    )
 
 
 class FixedBatches(Trainer):
@@ -242,6 +257,30 @@ def test_early_stopping_ends_the_run(tmp_path):
     assert trainer.step == 4
 
 
+def test_restore_best_loads_the_best_weights_at_the_end(tmp_path):
+    class WorseAfterStep2(Trainer):
+        def evaluate(self):
+            metrics = super().evaluate()
+            metrics["val_loss"] += 10.0 * (self.step > 2)  # later evaluations look worse
+            return metrics
+
+    snapshots = {}
+
+    class Snap:
+        def on_step_end(self, trainer, metrics):
+            snapshots[trainer.step] = weights(trainer.model)
+
+    trainer = make_trainer(
+        tmp_path, trainer_cls=WorseAfterStep2, max_steps=6, eval_every=2, restore_best=True,
+        callbacks=[Snap()],
+    )  # fmt: skip
+    trainer.fit()
+    assert trainer.checkpoints.best_step == 2
+    assert any(not torch.equal(snapshots[2][k], snapshots[6][k]) for k in snapshots[2])
+    for key, value in snapshots[2].items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+
+
 def test_checkpoint_failure_policy(tmp_path):
     class FullDisk(CheckpointManager):
         def save(self, state, *, step, metrics=None):
@@ -342,11 +381,12 @@ def losses(path: Path) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical_and_a_broken_resume_is_not(tmp_path):
-    straight = run_child(tmp_path / "straight", "--steps", "12")
+    # Dropout, staged augmentation and early stopping all carry state across the kill.
+    straight = run_child(tmp_path / "straight", "--steps", "12", "--augment")
     assert straight.returncode == 0, straight.stderr
-    killed = run_child(tmp_path / "killed", "--steps", "12", "--kill-at", "8")
+    killed = run_child(tmp_path / "killed", "--steps", "12", "--kill-at", "8", "--augment")
     assert killed.returncode == -9  # SIGKILL: no cleanup ran
-    resumed = run_child(tmp_path / "killed", "--steps", "12", "--resume")
+    resumed = run_child(tmp_path / "killed", "--steps", "12", "--resume", "--augment")
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "final.pt", weights_only=True)
@@ -357,8 +397,10 @@ def test_sigkill_then_resume_is_bit_identical_and_a_broken_resume_is_not(tmp_pat
     assert resumed_losses == straight_losses
 
     # Control: resuming without the data position and RNG must be detectably different.
-    run_child(tmp_path / "broken", "--steps", "12", "--kill-at", "8")
-    broken = run_child(tmp_path / "broken", "--steps", "12", "--resume", "--broken-resume")
+    run_child(tmp_path / "broken", "--steps", "12", "--kill-at", "8", "--augment")
+    broken = run_child(
+        tmp_path / "broken", "--steps", "12", "--resume", "--broken-resume", "--augment"
+    )
     assert broken.returncode == 0, broken.stderr
     c = torch.load(tmp_path / "broken" / "final.pt", weights_only=True)
     assert not all(torch.equal(a[k], c[k]) for k in a)

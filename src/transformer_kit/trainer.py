@@ -40,6 +40,7 @@ from transformer_kit.data import RandomBatches, TokenDataset
 from transformer_kit.distributed import DistributedContext, all_reduce_mean, init_distributed
 from transformer_kit.fsdp import load_sharded, save_sharded, shard_model
 from transformer_kit.logging import MetricLogger, MultiLogger
+from transformer_kit.optim import OptimizerName, build_optimizer
 
 __all__ = ["Batch", "TrainerConfig", "Trainer", "TrainingError"]
 
@@ -72,6 +73,9 @@ class TrainerConfig:
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of `lr` at the end of the cosine decay."""
     warmup_steps: int = 100
+    optimizer: OptimizerName = "adamw"
+    """"adamw", "muon" (Muon on hidden matrices + AdamW) or "adafactor" (least memory). Muon and
+    Adafactor want larger `lr` than AdamW (see optim.md)."""
     weight_decay: float = 0.1
     """AdamW decoupled weight decay, applied to matrices only (not norms, biases, embeddings)."""
     betas: tuple[float, float] = (0.9, 0.95)
@@ -139,6 +143,11 @@ class TrainerConfig:
             raise ValueError(
                 f"TrainerConfig.precision must be one of {get_args(Precision)}, "
                 f"got {self.precision!r}"
+            )
+        if self.optimizer not in get_args(OptimizerName):
+            raise ValueError(
+                f"TrainerConfig.optimizer must be one of {get_args(OptimizerName)}, "
+                f"got {self.optimizer!r}"
             )
         if self.checkpoint_error not in get_args(CheckpointErrorPolicy):
             raise ValueError(
@@ -267,26 +276,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ parts (overridable)
     def configure_optimizer(self) -> Optimizer:
-        """AdamW with decoupled weight decay on matrices only.
+        """The recipe named by `TrainerConfig.optimizer` (see optim.md).
 
-        Norm gains, biases and embeddings are not decayed: decaying them pulls the model
-        towards zero without regularising anything useful (GPT-2/nanoGPT practice).
+        "adamw" decays matrices only: norm gains, biases and embeddings are not decayed, since
+        pulling them towards zero regularises nothing useful (GPT-2/nanoGPT practice). "muon"
+        keeps the output head on AdamW with the embeddings, as the Muon recipes do.
         """
-        decay, no_decay = [], []
-        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
-        for param in self.model.parameters():
-            if not param.requires_grad:
-                continue
-            if param.dim() >= 2 and id(param) not in embeddings:
-                decay.append(param)
-            else:
-                no_decay.append(param)
-        groups = [
-            {"params": decay, "weight_decay": self.config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        # The fused kernel exists for CUDA (and CPU in recent torch); foreach is the safe default.
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=self.config.betas)
+        head = getattr(self.model, "head", None)
+        exclude = [head.weight] if isinstance(head, nn.Linear) else []  # a Parameter
+        return build_optimizer(
+            self.model,
+            self.config.optimizer,
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            betas=self.config.betas,
+            exclude_from_muon=exclude,  # type: ignore[arg-type]
+        )
 
     def configure_scheduler(self, optimizer: Optimizer) -> LRScheduler:
         """Linear warmup then cosine decay to `min_lr_ratio` at `max_steps`."""
@@ -332,7 +337,7 @@ class Trainer:
             self._watch_for_spike(metrics["loss"])
             evaluated = False
             if self.step % cfg.eval_every == 0:
-                last_eval = self.evaluate()
+                last_eval = self._evaluate_and_report()
                 evaluated = True
             out_of_time = cfg.time_limit_s is not None and time.perf_counter() - start > (
                 cfg.time_limit_s
@@ -349,7 +354,7 @@ class Trainer:
                 self.save_checkpoint(last_eval if evaluated else None)
             self._notify("on_step_end", metrics)
         if last_eval.get("step") != self.step:
-            last_eval = self.evaluate()
+            last_eval = self._evaluate_and_report()
         self.save_checkpoint(last_eval)
         if cfg.restore_best and self.checkpoints is not None and self.checkpoints.exists("best"):
             self.model.load_state_dict(self.checkpoints.load("best")["model"])
@@ -432,7 +437,11 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss and perplexity on the validation split and on a fixed train sample."""
+        """Mean loss and perplexity on the validation split and on a fixed train sample.
+
+        Override it to add domain metrics (call super() first); the loop then passes the result
+        to `on_evaluate` callbacks, early stopping, the loggers and the checkpoint manager.
+        """
         was_training = self.model.training
         self.model.eval()
         metrics: dict[str, float] = {"step": float(self.step)}
@@ -453,11 +462,17 @@ class Trainer:
             metrics[f"{split}_ppl"] = math.exp(min(mean, 80.0))
         metrics.update(self._health_metrics())
         self.model.train(was_training)
+        return metrics
+
+    def _evaluate_and_report(self) -> dict[str, float]:
+        # Callbacks see the metrics first and may add to them (a domain score computed from
+        # samples, say), so early stopping and the loggers see the complete set.
+        metrics = self.evaluate()
+        self._notify("on_evaluate", metrics)
         if self.early_stopping is not None and self.early_stopping.update(metrics, step=self.step):
             _log.info("early stopping at step %d", self.step)
             self.stop_requested = True
         self.log(metrics)
-        self._notify("on_evaluate", metrics)
         return metrics
 
     # ------------------------------------------------------------------ checkpoints

@@ -1,13 +1,31 @@
 """Models: `GPTConfig` describes a decoder-only transformer and `GPT(config)` builds it.
 
->>> model = GPT(GPTConfig(vocab_size=65, n_layer=1, d_model=32))
+>>> model = GPT(GPTConfig(vocab_size=65, n_layer=1, d_model=32, position="rope"))
 >>> model.config.head_dim
 8
+
+Files, in reading order: config.py (GPTConfig), positional.py (sinusoidal, RoPE, ALiBi),
+layers.py (MLP variants, norms), attention.py, cache.py (KVCache), gpt.py (Block, GPT).
 """
 
 from __future__ import annotations
 
-from transformer_kit.models.config import GPTConfig
-from transformer_kit.models.gpt import GPT, MLP, Block, CausalSelfAttention, Output
+from transformer_kit.models.attention import CausalSelfAttention
+from transformer_kit.models.cache import KVCache
+from transformer_kit.models.config import GPTConfig, MlpKind, NormKind, PositionKind
+from transformer_kit.models.gpt import GPT, Block, Output
+from transformer_kit.models.layers import MLP, SwiGLU
 
-__all__ = ["GPTConfig", "GPT", "Output", "Block", "CausalSelfAttention", "MLP"]
+__all__ = [
+    "GPTConfig",
+    "GPT",
+    "Output",
+    "Block",
+    "CausalSelfAttention",
+    "MLP",
+    "SwiGLU",
+    "KVCache",
+    "PositionKind",
+    "NormKind",
+    "MlpKind",
+]

@@ -6,8 +6,8 @@ optimizers or sampling: `transformer_kit.sampling` and the trainer work on any i
     >>> model(torch.zeros(2, 8, dtype=torch.long)).logits.shape
     torch.Size([2, 8, 65])
 
-Parts come first and `GPT` last: CausalSelfAttention -> MLP -> Block -> GPT. Each
-architecture choice is made in one `_make_*` function, where later variants slot in.
+Parts live beside this file (layers.py, attention.py, positional.py, cache.py); here they are
+composed: Block -> GPT. Each architecture choice is made in one `_make_*` function.
 """
 
 from __future__ import annotations
@@ -18,12 +18,17 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from transformer_kit.models.attention import CausalSelfAttention
+from transformer_kit.models.cache import KVCache
 from transformer_kit.models.config import GPTConfig
+from transformer_kit.models.layers import _make_mlp, _make_norm
+from transformer_kit.models.positional import SinusoidalPositions
 
-__all__ = ["Output", "CausalSelfAttention", "MLP", "Block", "GPT"]
+__all__ = ["Block", "GPT", "Output"]
 
-# Shapes: B batch, T time, C d_model, H heads, D head dim (C = H * D), F ff_dim, V vocab.
+# Shapes: B batch, T time, C d_model, V vocab.
 
 # GPT-1 (Radford et al. 2018, sec. 4.1) and openai/gpt-2's model.py: weights ~ N(0, 0.02).
 _INIT_STD = 0.02
@@ -40,65 +45,6 @@ class Output(NamedTuple):
     """Mean cross-entropy over targets != pad_id (a 0-d tensor), or None without targets."""
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention in which position t attends to positions <= t."""
-
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        # One matmul makes q, k and v for every head: (C -> 3C).
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
-        # Output projection back into the residual stream; GPT scales its init (see GPT.__init__).
-        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map (B, T, C) to (B, T, C)."""
-        B, T, C = x.shape
-        H = self.n_head
-        D = C // H
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        # Scales by 1/sqrt(D) (Vaswani et al. 2017, sec. 3.2.1) and masks the future.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.dropout(self.proj(y))
-
-
-class MLP(nn.Module):
-    """Position-wise feed-forward network: Linear(C, F) -> GELU -> Linear(F, C)."""
-
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.fc = nn.Linear(config.d_model, config.ff_dim, bias=config.bias)
-        # Exact (erf) GELU, as PyTorch defaults to; GPT-2 used the tanh approximation.
-        self.act = nn.GELU()
-        # Down projection into the residual stream; GPT scales its init (see GPT.__init__).
-        self.proj = nn.Linear(config.ff_dim, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map (B, T, C) to (B, T, C)."""
-        return self.dropout(self.proj(self.act(self.fc(x))))
-
-
-def _make_norm(config: GPTConfig) -> nn.Module:
-    """The normalisation layer (the choice point for an RMSNorm variant)."""
-    return nn.LayerNorm(config.d_model, bias=config.bias)
-
-
-def _make_attention(config: GPTConfig) -> nn.Module:
-    """The attention layer (the choice point for grouped-query attention)."""
-    return CausalSelfAttention(config)
-
-
-def _make_mlp(config: GPTConfig) -> nn.Module:
-    """The feed-forward layer (the choice point for a SwiGLU variant)."""
-    return MLP(config)
-
-
 class Block(nn.Module):
     """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
@@ -109,22 +55,28 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.norm_1 = _make_norm(config)
-        self.attn = _make_attention(config)
+        self.attn = CausalSelfAttention(config)
         self.norm_2 = _make_norm(config)
         self.mlp = _make_mlp(config)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Map (B, T, C) to (B, T, C)."""
-        x = x + self.attn(self.norm_1(x))
+    def forward(
+        self, x: Tensor, *, start: int = 0, kv: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """Map (B, T, C) to (B, T, C); `start` and `kv` as in `CausalSelfAttention.forward`."""
+        x = x + self.attn(self.norm_1(x), start=start, kv=kv)
         return x + self.mlp(self.norm_2(x))
 
 
-def _make_position_embedding(config: GPTConfig) -> nn.Module:
-    """Absolute position embedding added to the tokens (the choice point for sinusoidal).
+def _make_position_embedding(config: GPTConfig) -> nn.Module | None:
+    """The absolute position embedding added to the tokens, or None for RoPE and ALiBi.
 
-    Relative schemes (RoPE, ALiBi) act inside attention instead and will add nothing here.
+    Relative schemes act inside attention instead (see `CausalSelfAttention`).
     """
-    return nn.Embedding(config.block_size, config.d_model)
+    if config.position == "learned":
+        return nn.Embedding(config.block_size, config.d_model)
+    if config.position == "sinusoidal":
+        return SinusoidalPositions(config.d_model)
+    return None
 
 
 class GPT(nn.Module):
@@ -132,6 +84,15 @@ class GPT(nn.Module):
 
     The head has no bias (as in GPT-2), whatever `config.bias` says; with `tie_weights` its
     weight is the token embedding matrix.
+
+    Args:
+        config: the architecture.
+        position_features: an optional module that adds domain position features (for example
+            the position within a musical bar) to the embeddings. It is called as
+            `position_features(ids, positions)` with `ids` (B, T) and their absolute positions
+            (T,) int64, and returns (B, T, C), which is added to the token (+ position)
+            embedding. It becomes the submodule `position_features`: it is trained, saved in
+            the state dict and initialised like the model's own Linear / Embedding layers.
 
     Example:
         >>> model = GPT(GPTConfig(vocab_size=10, n_layer=1, d_model=16, n_head=2, block_size=8))
@@ -141,11 +102,12 @@ class GPT(nn.Module):
         (torch.Size([1, 3, 10]), torch.Size([]))
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, *, position_features: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = _make_position_embedding(config)
+        self.position_features = position_features
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = _make_norm(config)
@@ -157,45 +119,69 @@ class GPT(nn.Module):
         self.apply(_init_weights)
         # GPT-2 (Radford et al. 2019, sec. 2.3): scale the weights of residual layers by
         # 1/sqrt(N), N = number of residual layers = 2 per block (attention and MLP), so the
-        # residual stream's variance does not grow with depth.
+        # residual stream's variance does not grow with depth. With zero_init_output they start
+        # at zero instead, so every block starts as the identity (Zhang et al. 2019, Fixup).
         residual_std = _INIT_STD / math.sqrt(2 * config.n_layer)
         for name, param in self.named_parameters():
             # Every attention or MLP variant names its residual output Linear `proj`.
-            if name.endswith(_RESIDUAL_WEIGHTS):
+            if not name.endswith(_RESIDUAL_WEIGHTS):
+                continue
+            if config.zero_init_output:
+                nn.init.zeros_(param)
+            else:
                 nn.init.normal_(param, mean=0.0, std=residual_std)
 
-    def forward(self, ids: Tensor, targets: Tensor | None = None) -> Output:
+    def forward(
+        self, ids: Tensor, targets: Tensor | None = None, *, cache: KVCache | None = None
+    ) -> Output:
         """Compute next-token logits and, given targets, the loss.
 
         Args:
-            ids: token ids, (B, T) int64, with T <= block_size and every id in [0, vocab_size).
+            ids: token ids, (B, T) int64, every id in [0, vocab_size). Without a cache they sit
+                at positions 0 .. T - 1; with one, at `cache.length .. cache.length + T - 1`.
             targets: the next token at each position, (B, T) int64; positions where the target
                 is `config.pad_id` are left out of the loss.
+            cache: keys and values of the earlier positions, from `new_cache`. The new tokens
+                attend to them and to each other causally; their keys and values are written
+                into the cache, whose `length` then grows by T.
 
         Returns:
             `Output(logits, loss)`: logits (B, T, V); loss a 0-d tensor, or None without targets.
             When every target is pad_id the loss is NaN (0 / 0), as in `F.cross_entropy`.
 
         Raises:
-            ValueError: if `ids` is not 2-D, T exceeds block_size, or `targets` has another shape.
+            ValueError: if `ids` is not 2-D, `targets` has another shape, the cache does not fit
+                the model or batch, or the last position would pass `config.context_limit`
+                (block_size, or max_position for rope / alibi) or the cache's `max_length`.
         """
         if ids.ndim != 2:
             raise ValueError(f"GPT.forward: ids must be 2-D (B, T), got shape {tuple(ids.shape)}")
         B, T = ids.shape
-        if T > self.config.block_size:
-            raise ValueError(
-                f"GPT.forward: sequence length {T} exceeds block_size {self.config.block_size}"
-            )
         if targets is not None and targets.shape != ids.shape:
             raise ValueError(
                 f"GPT.forward: targets must have the shape of ids {tuple(ids.shape)}, "
                 f"got {tuple(targets.shape)}"
             )
+        start = 0 if cache is None else cache.length
+        self._check_length(start, T, cache, B)
 
-        positions = torch.arange(T, device=ids.device)  # (T,)
-        x = self.drop(self.tok_emb(ids) + self.pos_emb(positions))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)  # (B, T, C)
+        positions = torch.arange(start, start + T, device=ids.device)  # (T,)
+        x = self.tok_emb(ids)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions).to(x.dtype)  # (T, C) broadcast over B
+        if self.position_features is not None:
+            x = x + self.position_features(ids, positions)  # (B, T, C)
+        x = self.drop(x)
+        recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x = block(x, start=start, kv=cache.layer(i))  # (B, T, C)
+            elif recompute:
+                x = checkpoint(block, x, use_reentrant=False)  # (B, T, C)
+            else:
+                x = block(x)  # (B, T, C)
+        if cache is not None:
+            cache.advance(T)
         logits = self.head(self.norm_f(x))  # (B, T, V)
 
         if targets is None:
@@ -209,23 +195,138 @@ class GPT(nn.Module):
         )
         return Output(logits, loss)
 
+    def _check_length(self, start: int, T: int, cache: KVCache | None, B: int) -> None:
+        config = self.config
+        limit_name = "block_size" if config.max_position is None else "max_position"
+        limit = config.context_limit
+        if cache is None:
+            if T > limit:
+                raise ValueError(f"GPT.forward: sequence length {T} exceeds {limit_name} {limit}")
+            return
+        if cache.n_layer != config.n_layer or cache.batch_size != B:
+            raise ValueError(
+                f"GPT.forward: cache has {cache.n_layer} layers and batch size "
+                f"{cache.batch_size}, but the model has n_layer {config.n_layer} and ids have "
+                f"batch size {B}; make it with model.new_cache({B})"
+            )
+        end = start + T
+        if end > limit:
+            hint = (
+                "; rope and alibi can run further if max_position is set"
+                if config.position in ("rope", "alibi")
+                else f"; position {config.position!r} cannot extrapolate, so slide the window"
+                " and rebuild the cache"
+            )
+            raise ValueError(
+                f"GPT.forward: cache length {start} + {T} new tokens = {end} exceeds "
+                f"{limit_name} {limit}{hint}"
+            )
+        if end > cache.max_length:
+            raise ValueError(
+                f"GPT.forward: cache length {start} + {T} new tokens = {end} exceeds the "
+                f"cache's max_length {cache.max_length}"
+            )
+
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+        """An empty `KVCache` for `batch_size` rows, in the dtype and on the device of the model.
+
+        Args:
+            batch_size: rows of every `ids` fed with this cache.
+            max_length: positions to allocate (prompt + new tokens); None means
+                `config.context_limit`. Allocate only what you need when max_position is large.
+
+        Raises:
+            ValueError: if `max_length` is not in [1, config.context_limit].
+
+        Example:
+            >>> model = GPT(GPTConfig(vocab_size=10, n_layer=1, d_model=16, n_head=2)).eval()
+            >>> cache = model.new_cache(1, 8)
+            >>> with torch.no_grad():
+            ...     first = model(torch.tensor([[1, 2, 3]]), cache=cache).logits  # prefill
+            ...     step = model(torch.tensor([[4]]), cache=cache).logits  # position 3 only
+            >>> cache.length, step.shape
+            (4, torch.Size([1, 1, 10]))
+        """
+        limit = self.config.context_limit
+        length = limit if max_length is None else max_length
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= limit:
+            raise ValueError(
+                f"GPT.new_cache: max_length must be None or an int in [1, {limit}] "
+                f"(config.context_limit), got {max_length!r}"
+            )
+        weight = self.tok_emb.weight
+        return KVCache(
+            n_layer=self.config.n_layer,
+            batch_size=batch_size,
+            n_kv_head=self.config.kv_heads,
+            head_dim=self.config.head_dim,
+            max_length=length,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Count parameters, each shared (tied) tensor once.
 
         Args:
-            exclude_embeddings: leave out the position embedding, as nanoGPT does. The token
-                embedding stays counted, tied or not: tied, it is also the output head.
+            exclude_embeddings: leave out the position embedding and the position features, as
+                nanoGPT leaves out its position table. The token embedding stays counted, tied
+                or not: tied, it is also the output head.
         """
         # parameters() yields a shared tensor once, so the tied head is not double counted.
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
-            n -= sum(p.numel() for p in self.pos_emb.parameters())
+            for module in (self.pos_emb, self.position_features):
+                if module is not None:
+                    n -= sum(p.numel() for p in module.parameters())
         return n
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Parameters per part; the values sum to `num_parameters()`.
+
+        Returns:
+            `{"embeddings", "attention", "mlp", "norms", "head"}` counts. Norms hold every norm
+            weight and bias of the blocks (qk-norm too) and the final norm; head is 0 when tied
+            (its matrix is the token embedding); embeddings hold everything else: the token and
+            position tables and the position features.
+        """
+        counts = dict.fromkeys(("embeddings", "attention", "mlp", "norms", "head"), 0)
+        # named_parameters() yields a tied tensor once, under its first name (tok_emb.weight).
+        for name, param in self.named_parameters():
+            owner = name.rpartition(".")[0]  # the module holding the parameter
+            if name.startswith("blocks.") and "norm" in owner.rpartition(".")[2]:
+                part = "norms"
+            elif owner == "norm_f":
+                part = "norms"
+            elif ".attn." in name:
+                part = "attention"
+            elif ".mlp." in name:
+                part = "mlp"
+            elif name.startswith("head."):
+                part = "head"
+            else:
+                part = "embeddings"
+            counts[part] += param.numel()
+        return counts
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs (forward + backward) per token: 6 N + 12 L C T.
+
+        PaLM (Chowdhery et al. 2022, appendix B): N counts the matmul weights, here every Linear
+        of the blocks plus the output head (a real matmul even when tied; the embedding lookup
+        is a gather and is left out). 12 L C T is the attention score and value matmuls at
+        context T = block_size, forward and backward, as in Chinchilla (Hoffmann et al. 2022,
+        appendix F); GQA shares keys but not this cost, and the causal half is counted too.
+        """
+        weights = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
+        N = weights + self.head.weight.numel()
+        config = self.config
+        return float(6 * N + 12 * config.n_layer * config.d_model * config.block_size)
 
 
 def _init_weights(module: nn.Module) -> None:
-    # N(0, _INIT_STD) weights and zero biases, as openai/gpt-2's model.py. LayerNorm keeps
-    # PyTorch's default of weight 1, bias 0.
+    # N(0, _INIT_STD) weights and zero biases, as openai/gpt-2's model.py. LayerNorm and RMSNorm
+    # keep PyTorch's default of weight 1, bias 0.
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, mean=0.0, std=_INIT_STD)
         if module.bias is not None:

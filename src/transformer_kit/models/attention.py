@@ -1,0 +1,112 @@
+"""`CausalSelfAttention`: multi-head, grouped-query or multi-query causal attention.
+
+One module covers every `GPTConfig` attention variant: `n_kv_head` key/value heads shared by
+groups of query heads, optional per-head qk-norm, RoPE rotation or ALiBi biases, attention
+dropout, and incremental decoding against a `KVCache` layer.
+    >>> attn = CausalSelfAttention(GPTConfig(vocab_size=8, d_model=16, n_head=4, n_kv_head=2))
+    >>> attn(torch.zeros(1, 3, 16)).shape
+    torch.Size([1, 3, 16])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from transformer_kit.models.config import GPTConfig
+from transformer_kit.models.layers import _make_norm
+from transformer_kit.models.positional import alibi_bias, alibi_slopes, apply_rope
+
+__all__ = ["CausalSelfAttention"]
+
+# Shapes: B batch, T new positions, S key positions (cached + new), C d_model, H query heads,
+# K key/value heads (H = G * K), D head dim (C = H * D).
+
+
+class CausalSelfAttention(nn.Module):
+    """Self-attention in which the token at absolute position p attends to positions <= p.
+
+    `qkv` makes queries for H heads and keys and values for K heads in one matmul (C -> (H + 2K) D);
+    query head h reads key/value head h // (H / K) (Ainslie et al. 2023). `proj` writes back into
+    the residual stream.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
+        self.head_dim = config.head_dim
+        qkv_width = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.bias)
+        # Output projection back into the residual stream; GPT scales its init (see GPT.__init__).
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.attn_dropout = config.attn_dropout
+        # Dehghani et al. 2023 (ViT-22B, sec. 2): normalising q and k bounds the attention logits.
+        self.q_norm = _make_norm(config, config.head_dim) if config.qk_norm else None
+        self.k_norm = _make_norm(config, config.head_dim) if config.qk_norm else None
+        # The relative position schemes act here; learned and sinusoidal ones act in GPT.
+        self.rope = config.position == "rope"
+        self.alibi = config.position == "alibi"
+
+    def forward(
+        self, x: Tensor, *, start: int = 0, kv: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """Map (B, T, C) to (B, T, C).
+
+        Args:
+            x: the normalised residual stream at absolute positions `start .. start + T - 1`.
+            start: absolute position of the first row of `x` (the cache length).
+            kv: one layer's cache buffers (keys, values), each (B, K, L, D). The new keys and
+                values are written at `start .. start + T - 1`, and attention reads positions
+                `0 .. start + T - 1`. None means no cache; `start` must then be 0.
+        """
+        B, T, _ = x.shape
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=2)  # (B, T, HD), 2 x (B, T, KD)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # over D, per head and position
+        positions = torch.arange(start, start + T, device=x.device)  # (T,)
+        if self.rope:
+            q, k = apply_rope(q, positions), apply_rope(k, positions)
+        if kv is not None:
+            keys, values = kv
+            keys[:, :, start : start + T] = k
+            values[:, :, start : start + T] = v
+            # Cast: under autocast q is in the low-precision dtype, the cache in the model's.
+            k = keys[:, :, : start + T].to(q.dtype)  # (B, K, S, D)
+            v = values[:, :, : start + T].to(q.dtype)  # (B, K, S, D)
+
+        mask = self._mask(positions, start, k.shape[2], q.dtype)
+        y = F.scaled_dot_product_attention(  # scales by 1/sqrt(D) (Vaswani et al. 2017)
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            # is_causal masks as if query i sat at key position i: right only when T == S.
+            is_causal=mask is None and start == 0 and T > 1,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            enable_gqa=K != H,
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+        return self.dropout(self.proj(y))
+
+    def _mask(self, positions: Tensor, start: int, S: int, dtype: torch.dtype) -> Tensor | None:
+        """The mask for queries at `positions` (from `start`) over keys 0 .. S - 1, or None.
+
+        None lets SDPA use `is_causal` (no cache) or attend everywhere (one new token).
+        """
+        key_positions = torch.arange(S, device=positions.device)  # (S,)
+        if self.alibi:
+            slopes = alibi_slopes(self.n_head, device=positions.device)  # (H,)
+            bias = alibi_bias(slopes, positions, key_positions).to(dtype)  # (H, T, S)
+            # 4-D: torch 2.13's CPU flash kernel takes a (1, H, T, S) mask but sends a 3-D one
+            # to the slower math kernel (checked with torch.profiler).
+            return bias[None]  # (1, H, T, S)
+        if start == 0 or len(positions) == 1:
+            return None
+        return key_positions[None, :] <= positions[:, None]  # (T, S) bool, True = attend

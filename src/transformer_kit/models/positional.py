@@ -1,0 +1,111 @@
+"""Position schemes: sinusoidal embeddings, rotary embeddings (RoPE) and ALiBi biases.
+
+Each is computed from integer positions on the fly (no tables, no buffers), so it works at any
+absolute position, on any device, and keeps float32 precision when the model is cast to bf16.
+"Learned" positions are a plain `nn.Embedding` and need nothing here.
+    >>> SinusoidalPositions(4)(torch.tensor([0])).tolist()
+    [[0.0, 1.0, 0.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SinusoidalPositions", "alibi_bias", "alibi_slopes", "apply_rope"]
+
+# Shapes: B batch, H heads, T query positions, S key positions, C d_model, D head dim.
+
+# Vaswani et al. 2017, sec. 3.5: wavelengths form a geometric progression from 2pi to 10000 * 2pi.
+_SINUSOID_BASE = 10_000.0
+# Su et al. 2021 (RoFormer), eq. 15: theta_i = 10000^(-2i / D), the same base as the sinusoids.
+_ROPE_BASE = 10_000.0
+# Press et al. 2022 (ALiBi), sec. 3: head slopes form a geometric sequence from 2^(-8/n) to 2^-8.
+_ALIBI_MAX_EXPONENT = 8
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal position embedding (Vaswani et al. 2017, sec. 3.5); no parameters.
+
+    PE(p, 2i) = sin(p / 10000^(2i/C)) and PE(p, 2i + 1) = cos(p / 10000^(2i/C)). Called like an
+    `nn.Embedding` on positions, so `GPT` uses it in place of the learned table.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """Map integer positions (T,) to float32 embeddings (T, C)."""
+        half = (self.d_model + 1) // 2  # an odd C drops the last cosine
+        exponents = torch.arange(half, device=positions.device, dtype=torch.float32)  # (C/2,)
+        inv_freq = _SINUSOID_BASE ** (-2 * exponents / self.d_model)  # (C/2,)
+        angles = positions.float()[:, None] * inv_freq  # (T, C/2)
+        table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (T, C/2, 2)
+        return table.flatten(1)[:, : self.d_model]  # (T, C): sin, cos interleaved
+
+    def extra_repr(self) -> str:
+        """Show the width in the module's repr."""
+        return f"d_model={self.d_model}"
+
+
+def apply_rope(x: Tensor, positions: Tensor) -> Tensor:
+    """Rotate queries or keys by their absolute positions (RoPE, Su et al. 2021).
+
+    Channel i is paired with channel i + D/2 (the "rotate half" layout of GPT-NeoX and LLaMA),
+    and the pair is rotated by the angle p * 10000^(-2i/D). The dot product of a rotated query at
+    p and key at s then depends on p - s only. Computed in float32, returned in x's dtype.
+
+    Args:
+        x: queries or keys, (B, H, T, D) with D even.
+        positions: absolute positions of the T rows, (T,) integers.
+
+    Returns:
+        The rotated tensor, (B, H, T, D).
+    """
+    half = x.shape[-1] // 2
+    exponents = torch.arange(half, device=x.device, dtype=torch.float32)  # (D/2,)
+    inv_freq = _ROPE_BASE ** (-exponents / half)  # (D/2,): 10000^(-2i/D)
+    angles = positions.float()[:, None] * inv_freq  # (T, D/2)
+    cos, sin = angles.cos(), angles.sin()  # (T, D/2) each, broadcast over (B, H)
+    x1, x2 = x.float().split(half, dim=-1)  # (B, H, T, D/2) each
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, D)
+    return rotated.to(x.dtype)
+
+
+def alibi_slopes(n_head: int, device: torch.device | str | None = None) -> Tensor:
+    """Per-head ALiBi slopes, float32 (H,) (Press et al. 2022, sec. 3 and their reference code).
+
+    For a power of two n, head h (from 0) gets 2^(-8 (h + 1) / n). Otherwise the n' = largest
+    power of two below n heads get the n' slopes, and the rest take every other slope of 2n'
+    (h + 1 = 1, 3, 5, ... over 2n'). Built with tensor ops on `device`, so no host copy.
+        >>> alibi_slopes(4).tolist()
+        [0.25, 0.0625, 0.015625, 0.00390625]
+    """
+    closest = 2 ** int(math.log2(n_head))
+    steps = torch.arange(1, closest + 1, device=device, dtype=torch.float32)  # (n',)
+    odd_steps = 2 * torch.arange(n_head - closest, device=device, dtype=torch.float32) + 1
+    return torch.cat(
+        [
+            torch.exp2(-_ALIBI_MAX_EXPONENT * steps / closest),
+            torch.exp2(-_ALIBI_MAX_EXPONENT * odd_steps / (2 * closest)),
+        ]
+    )  # (H,)
+
+
+def alibi_bias(slopes: Tensor, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+    """Additive attention bias: -slope * distance to past keys, -inf for future keys.
+
+    Args:
+        slopes: (H,) from `alibi_slopes`.
+        query_positions: absolute positions of the queries, (T,).
+        key_positions: absolute positions of the keys, (S,).
+
+    Returns:
+        Bias to add to the attention scores, float32 (H, T, S); it also applies the causal mask.
+    """
+    distance = (key_positions[None, :] - query_positions[:, None]).float()  # (T, S), <= 0 if past
+    bias = slopes.float()[:, None, None] * distance  # (H, T, S)
+    return bias.masked_fill(distance > 0, float("-inf"))  # (H, T, S)
