@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -283,14 +283,14 @@ class Trainer:
         keeps the output head on AdamW with the embeddings, as the Muon recipes do.
         """
         head = getattr(self.model, "head", None)
-        exclude = [head.weight] if isinstance(head, nn.Linear) else []  # a Parameter
+        exclude = [cast(nn.Parameter, head.weight)] if isinstance(head, nn.Linear) else []
         return build_optimizer(
             self.model,
             self.config.optimizer,
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
             betas=self.config.betas,
-            exclude_from_muon=exclude,  # type: ignore[arg-type]
+            exclude_from_muon=exclude,
         )
 
     def configure_scheduler(self, optimizer: Optimizer) -> LRScheduler:

@@ -51,16 +51,27 @@ class CausalSelfAttention(nn.Module):
         self.alibi = config.position == "alibi"
 
     def forward(
-        self, x: Tensor, *, start: int = 0, kv: tuple[Tensor, Tensor] | None = None
+        self,
+        x: Tensor,
+        *,
+        start: int = 0,
+        kv: tuple[Tensor, Tensor] | None = None,
+        positions: Tensor | None = None,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
         """Map (B, T, C) to (B, T, C).
 
         Args:
-            x: the normalised residual stream at absolute positions `start .. start + T - 1`.
-            start: absolute position of the first row of `x` (the cache length).
+            x: the normalised residual stream at slots `start .. start + T - 1`.
+            start: slot of the first row of `x` (the cache length).
             kv: one layer's cache buffers (keys, values), each (B, K, L, D). The new keys and
-                values are written at `start .. start + T - 1`, and attention reads positions
+                values are written at `start .. start + T - 1`, and attention reads slots
                 `0 .. start + T - 1`. None means no cache; `start` must then be 0.
+            positions: per-row positions (B, T) for RoPE, used with left padding; None means
+                the slots themselves.
+            key_mask: (B, S) bool, False at padded key slots, which no query attends to (a
+                padded query attends to itself alone, so its row stays finite). None means
+                every key is real and keeps the mask-free SDPA path.
         """
         B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
@@ -70,9 +81,10 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # over D, per head and position
-        positions = torch.arange(start, start + T, device=x.device)  # (T,)
+        slots = torch.arange(start, start + T, device=x.device)  # (T,)
         if self.rope:
-            q, k = apply_rope(q, positions), apply_rope(k, positions)
+            rotation = slots if positions is None else positions  # (T,) or (B, T)
+            q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         if kv is not None:
             keys, values = kv
             keys[:, :, start : start + T] = k
@@ -81,7 +93,7 @@ class CausalSelfAttention(nn.Module):
             k = keys[:, :, : start + T].to(q.dtype)  # (B, K, S, D)
             v = values[:, :, : start + T].to(q.dtype)  # (B, K, S, D)
 
-        mask = self._mask(positions, start, k.shape[2], q.dtype)
+        mask = self._mask(slots, start, k.shape[2], q.dtype, key_mask)
         y = F.scaled_dot_product_attention(  # scales by 1/sqrt(D) (Vaswani et al. 2017)
             q,
             k,
@@ -95,18 +107,38 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
         return self.dropout(self.proj(y))
 
-    def _mask(self, positions: Tensor, start: int, S: int, dtype: torch.dtype) -> Tensor | None:
-        """The mask for queries at `positions` (from `start`) over keys 0 .. S - 1, or None.
+    def _mask(
+        self,
+        slots: Tensor,
+        start: int,
+        S: int,
+        dtype: torch.dtype,
+        key_mask: Tensor | None = None,
+    ) -> Tensor | None:
+        """The mask for queries at `slots` (from `start`) over keys 0 .. S - 1, or None.
 
-        None lets SDPA use `is_causal` (no cache) or attend everywhere (one new token).
+        None lets SDPA use `is_causal` (no cache) or attend everywhere (one new token). With
+        `key_mask` the mask is per row: (B, 1, T, S) bool, or (B, H, T, S) biases for ALiBi.
         """
-        key_positions = torch.arange(S, device=positions.device)  # (S,)
+        key_slots = torch.arange(S, device=slots.device)  # (S,)
+        allowed: Tensor | None = None
+        if key_mask is not None:
+            diagonal = key_slots[None, :] == slots[:, None]  # (T, S)
+            causal = key_slots[None, :] <= slots[:, None]  # (T, S)
+            # A padded query keeps its own key: a row with nothing to attend to would be NaN,
+            # and NaN values at padded slots would leak through the zero weights of later rows.
+            allowed = causal & (key_mask[:, None, :] | diagonal)  # (B, T, S)
         if self.alibi:
-            slopes = alibi_slopes(self.n_head, device=positions.device)  # (H,)
-            bias = alibi_bias(slopes, positions, key_positions).to(dtype)  # (H, T, S)
+            slopes = alibi_slopes(self.n_head, device=slots.device)  # (H,)
+            bias = alibi_bias(slopes, slots, key_slots).to(dtype)  # (H, T, S)
+            if allowed is not None:
+                # Left padding leaves real tokens contiguous, so slot distances are the true ones.
+                return bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (B, H, T, S)
             # 4-D: torch 2.13's CPU flash kernel takes a (1, H, T, S) mask but sends a 3-D one
             # to the slower math kernel (checked with torch.profiler).
             return bias[None]  # (1, H, T, S)
-        if start == 0 or len(positions) == 1:
+        if allowed is not None:
+            return allowed[:, None]  # (B, 1, T, S) bool, True = attend
+        if start == 0 or len(slots) == 1:
             return None
-        return key_positions[None, :] <= positions[:, None]  # (T, S) bool, True = attend
+        return key_slots[None, :] <= slots[:, None]  # (T, S) bool, True = attend

@@ -38,13 +38,13 @@ class SinusoidalPositions(nn.Module):
         self.d_model = d_model
 
     def forward(self, positions: Tensor) -> Tensor:
-        """Map integer positions (T,) to float32 embeddings (T, C)."""
+        """Map integer positions (T,) or (B, T) to float32 embeddings (T, C) or (B, T, C)."""
         half = (self.d_model + 1) // 2  # an odd C drops the last cosine
         exponents = torch.arange(half, device=positions.device, dtype=torch.float32)  # (C/2,)
         inv_freq = _SINUSOID_BASE ** (-2 * exponents / self.d_model)  # (C/2,)
-        angles = positions.float()[:, None] * inv_freq  # (T, C/2)
-        table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (T, C/2, 2)
-        return table.flatten(1)[:, : self.d_model]  # (T, C): sin, cos interleaved
+        angles = positions.float()[..., None] * inv_freq  # (..., T, C/2)
+        table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (..., T, C/2, 2)
+        return table.flatten(-2)[..., : self.d_model]  # (..., T, C): sin, cos interleaved
 
     def extra_repr(self) -> str:
         """Show the width in the module's repr."""
@@ -60,7 +60,8 @@ def apply_rope(x: Tensor, positions: Tensor) -> Tensor:
 
     Args:
         x: queries or keys, (B, H, T, D) with D even.
-        positions: absolute positions of the T rows, (T,) integers.
+        positions: positions of the T rows, (T,) integers shared by the batch, or (B, T) per
+            row (left-padded batches, where each row counts from its first real token).
 
     Returns:
         The rotated tensor, (B, H, T, D).
@@ -68,8 +69,10 @@ def apply_rope(x: Tensor, positions: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     exponents = torch.arange(half, device=x.device, dtype=torch.float32)  # (D/2,)
     inv_freq = _ROPE_BASE ** (-exponents / half)  # (D/2,): 10000^(-2i/D)
-    angles = positions.float()[:, None] * inv_freq  # (T, D/2)
-    cos, sin = angles.cos(), angles.sin()  # (T, D/2) each, broadcast over (B, H)
+    angles = positions.float()[..., None] * inv_freq  # (T, D/2) or (B, T, D/2)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, T, D/2): one set of angles per row, shared by heads
+    cos, sin = angles.cos(), angles.sin()  # each broadcast over (B, H, T, D/2)
     x1, x2 = x.float().split(half, dim=-1)  # (B, H, T, D/2) each
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, D)
     return rotated.to(x.dtype)
