@@ -15,12 +15,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from transformer_kit import sampling
 from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.data import TokenDataset, read_text_file, stdlib_corpus, train_val_split
+from transformer_kit.distributed import init_distributed
 from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
 from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.tokenization import CharTokenizer
@@ -69,17 +69,18 @@ class SamplePrinter:
         return self.tokenizer.decode(ids[0].tolist())
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if not trainer.context.is_main:  # under torchrun, rank 0 speaks for the run
+            return
         text = self.sample(trainer)
         trainer.log_text("sample", text)
         with self.out_file.open("a", encoding="utf-8") as f:
-            f.write(
-                f"=== step {trainer.step} (val_loss {metrics.get('val_loss', float('nan')):.4f})\n"
-            )
-            f.write(text + "\n\n")
+            f.write(f"=== step {trainer.step}, val_loss {metrics['val_loss']:.4f}\n{text}\n\n")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    context = init_distributed(args.device)  # world size 1 unless launched by torchrun
+    say = print if context.is_main else (lambda *a, **k: None)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     text = read_text_file(args.data) if args.data else stdlib_corpus(max_bytes=args.corpus_bytes)
@@ -88,34 +89,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         tokenizer = CharTokenizer.load(tokenizer_path)  # the ids must not change on resume
     else:
         tokenizer = CharTokenizer.fit(text, min_count=20)  # rare characters become <UNK>
-        tokenizer.save(tokenizer_path)
+        if context.is_main:
+            tokenizer.save(tokenizer_path)
     tokens = tokenizer.encode_array(text)
     train_ids, val_ids = train_val_split(tokens, val_fraction=0.1)
-    print(
-        f"corpus: {len(text):,} characters, vocab {len(tokenizer.vocab)}, "
-        f"{tokenizer.unknown_count:,} <UNK>"
-    )
+    say(f"corpus: {len(text):,} chars, vocab {len(tokenizer.vocab)}, {tokenizer.unknown_count} unk")
 
     torch.manual_seed(args.seed)
-    model_config = GPTConfig(
-        vocab_size=len(tokenizer.vocab),
-        block_size=args.block_size,
-        n_layer=args.n_layer,
-        n_head=args.n_head,
-        d_model=args.d_model,
-        dropout=args.dropout,
-    )
-    model = GPT(model_config)
-    print(f"model: {model.num_parameters():,} parameters")
+    sizes = {k: getattr(args, k) for k in ("block_size", "n_layer", "n_head", "d_model", "dropout")}
+    model = GPT(GPTConfig(vocab_size=len(tokenizer.vocab), **sizes))
+    say(f"model: {model.num_parameters():,} parameters")
+    keys = ("max_steps", "batch_size", "lr", "eval_every", "checkpoint_every", "seed", "device")
     config = TrainerConfig(
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=min(100, args.max_steps // 10),
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        device=args.device,
+        warmup_steps=min(100, args.max_steps // 10), **{k: getattr(args, k) for k in keys}
     )
     loggers = [
         JSONLLogger(out / "metrics.jsonl"),
@@ -133,10 +119,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         callbacks=[samples],
     )
     if args.resume and not trainer.resume():
-        print("no checkpoint to resume from; starting fresh")
+        say("no checkpoint to resume from; starting fresh")
     start = time.perf_counter()
     final = trainer.fit()
     wall = time.perf_counter() - start
+    if not trainer.context.is_main:
+        return final
     print(f"\nfinal sample (step {trainer.step}):\n{samples.sample(trainer)}\n")
     plot_metrics(out / "metrics.jsonl", out / "loss.png")
     summary = {
@@ -149,8 +137,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "best_val_loss": trainer.checkpoints.best_metric,
         "tokens_per_step": config.tokens_per_step(block_size=args.block_size),
         "vocab": len(tokenizer.vocab),
-        "corpus_chars": len(text),
-        "unk_fraction": float(np.mean(tokens == tokenizer.vocab.unk_id)),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -59,11 +59,18 @@ def init_distributed(device: str | torch.device = "cpu") -> DistributedContext:
 def all_reduce_mean(
     metrics: Mapping[str, float], context: DistributedContext, device: str | torch.device = "cpu"
 ) -> dict[str, float]:
-    """Average each metric over all ranks (identity for a single process)."""
+    """Average each metric over all ranks (identity for a single process).
+
+    Keys keep their order; an int whose mean is a whole number stays an int.
+    """
     if not context.enabled or not metrics:
         return dict(metrics)
-    keys = sorted(metrics)
+    keys = list(metrics)  # every rank builds its metrics in the same order
     values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     values /= context.world_size
-    return dict(zip(keys, values.tolist(), strict=True))
+    # Counts that agree on every rank (step, epoch, bad steps) stay integers.
+    return {
+        key: int(mean) if isinstance(metrics[key], int) and mean.is_integer() else mean
+        for key, mean in zip(keys, values.tolist(), strict=True)
+    }
