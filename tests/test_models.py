@@ -1107,3 +1107,76 @@ def test_cache_crop_reset_and_reorder() -> None:
         assert cache.batch_size == 3
         got = model(tail[[1, 1, 0]], cache=cache).logits
     assert_close(got, first[[1, 1, 0]], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention mask (left padding)
+
+
+def _left_padded(lengths: list[int], pad: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rows of the given lengths, left-padded with `pad`: ids and mask, each (B, T)."""
+    T = max(lengths)
+    ids = torch.full((len(lengths), T), pad, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.bool)
+    for row, length in enumerate(lengths):
+        ids[row, T - length :] = _ids(1, length, seed=seed + row)[0]
+        mask[row, T - length :] = True
+    return ids, mask
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_left_padded_logits_equal_each_unpadded_row(position: str) -> None:
+    model = _model(seed=5, n_head=4, n_kv_head=2, position=position).eval()
+    _scramble(model, seed=6)
+    lengths = [BLOCK, 3, 1, 6]
+    ids, mask = _left_padded(lengths, pad=7, seed=10)
+    with torch.no_grad():
+        padded = model(ids, attention_mask=mask.int()).logits  # 0/1 masks work too
+        # Cached: a prefill of 5 columns, then one column per call, the mask growing along.
+        cache = model.new_cache(len(lengths))
+        steps = [model(ids[:, :5], cache=cache, attention_mask=mask[:, :5]).logits]
+        for t in range(5, BLOCK):
+            steps.append(model(ids[:, t : t + 1], cache=cache, attention_mask=mask[:, : t + 1]))
+        cached = torch.cat([steps[0], *(s.logits for s in steps[1:])], dim=1)
+        for row, length in enumerate(lengths):
+            alone = model(ids[row : row + 1, BLOCK - length :]).logits[0]  # (length, V)
+            assert (padded[row, BLOCK - length :] - alone).abs().max() < 1e-5
+            assert (cached[row, BLOCK - length :] - alone).abs().max() < 1e-5
+    assert padded.std() > 0.1
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_all_true_mask_is_the_unmasked_forward(position: str) -> None:
+    model = _model(seed=1, position=position).eval()
+    ids = _ids(2, 6, seed=4)
+    with torch.no_grad():
+        assert torch.equal(
+            model(ids, attention_mask=torch.ones(2, 6, dtype=torch.bool)).logits,
+            model(ids).logits,
+        )
+
+
+def test_attention_mask_with_gradient_checkpointing_matches_plain_training() -> None:
+    ids, mask = _left_padded([6, 4], pad=0, seed=3)
+    targets = torch.roll(ids, -1, dims=1)
+    losses, grads = [], []
+    for recompute in (False, True):
+        model = _model(seed=2, position="rope", gradient_checkpointing=recompute).train()
+        loss = model(ids, targets, attention_mask=mask).loss
+        assert loss is not None
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.tok_emb.weight.grad)
+    assert_close(losses[1], losses[0], rtol=0, atol=1e-6)
+    assert_close(grads[1], grads[0], rtol=0, atol=1e-6)
+
+
+def test_attention_mask_must_cover_every_slot_seen() -> None:
+    model = _model().eval()
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        model(_ids(2, 3), cache=cache)
+        with pytest.raises(ValueError, match=r"attention_mask must have shape .* \(2, 4\), got"):
+            model(_ids(2, 1), cache=cache, attention_mask=torch.ones(2, 1, dtype=torch.bool))
+        with pytest.raises(ValueError, match=r"attention_mask must have shape .* \(2, 3\), got"):
+            model(_ids(2, 3), attention_mask=torch.ones(3, 3))

@@ -18,8 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
+from torch.testing import assert_close
 
 from transformer_kit import sampling
+from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.sampling import (
     _beam,
     _filters,
@@ -957,6 +959,169 @@ def test_beam_search_errors_name_the_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):
         beam_search(PrefixHash(), args.pop("ids"), args.pop("num_beams"),
                     args.pop("max_new_tokens"), **args)  # fmt: skip
+
+
+# --- KV cache and left padding with a GPT ------------------------------------------------------
+
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
+_BLOCK = 8
+
+
+@pytest.fixture
+def _one_thread():
+    # Tiny models spend their time handing work between OpenMP threads (see test_models.py).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _gpt(position, seed=0, std=0.5, **overrides):
+    """A tiny scrambled GPT; rope and alibi get max_position 12, past their block_size of 8."""
+    limits = {"max_position": 12} if position in ("rope", "alibi") else {}
+    fields = dict(vocab_size=13, block_size=_BLOCK, n_layer=2, n_head=2, d_model=16)
+    config = GPTConfig(position=position, **(fields | limits | overrides))
+    torch.manual_seed(seed)
+    model = GPT(config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():  # large weights: confident, well separated logits
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
+
+
+def _widths(model):
+    """Record the width T of every ids (B, T) the model is called with."""
+    widths = []
+    model.register_forward_pre_hook(lambda module, args: widths.append(args[0].size(1)))
+    return widths
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("mode", [{"temperature": 0.0}, {"temperature": 1.0, "top_k": 5}])
+@pytest.mark.parametrize("position", POSITIONS)
+def test_cached_generate_equals_full_recompute_past_the_window(position, mode):
+    model = _gpt(position)
+    ids = torch.randint(0, 13, (2, 3), generator=torch.Generator().manual_seed(2))
+    outs = [
+        generate(model, ids, 16, use_cache=flag, generator=torch.Generator().manual_seed(7), **mode)
+        for flag in (True, False)
+    ]
+    assert outs[0].shape == (2, 19)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("position", POSITIONS)
+def test_cache_feeds_one_position_per_step_until_the_window_then_slides(position):
+    model = _gpt(position)
+    window = model.config.context_limit  # 8, or 12 for rope and alibi
+    cached = _widths(model)
+    generate(model, torch.tensor([[1, 2, 3]]), 14, temperature=0.0)
+    lengths = range(3, 17)  # the sequence length before each step
+    # Prefill, one position per step while the cache has room, then a prefill of the window.
+    assert cached == [3] + [1] * (window - 3) + [window] * (16 - window)
+    model = _gpt(position)
+    full = _widths(model)
+    generate(model, torch.tensor([[1, 2, 3]]), 14, temperature=0.0, use_cache=False)
+    assert full == [min(length, window) for length in lengths]
+
+
+def test_cache_is_skipped_for_models_without_new_cache():
+    model = Bigram(seed=1)
+    ids = torch.tensor([[1, 2], [3, 4]])
+    for kwargs in ({"temperature": 0.0}, {"generator": torch.Generator().manual_seed(0)}):
+        cached = generate(model, ids, 5, **kwargs)
+        if "generator" in kwargs:
+            kwargs["generator"] = torch.Generator().manual_seed(0)
+        assert torch.equal(cached, generate(model, ids, 5, use_cache=False, **kwargs))
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("stop_ids", [(), (4,)])
+@pytest.mark.parametrize("position", POSITIONS)
+def test_cached_beam_search_equals_full_recompute(position, stop_ids):
+    model = _gpt(position, seed=3)
+    ids = torch.randint(0, 13, (2, 3), generator=torch.Generator().manual_seed(4))
+    cached = beam_search(model, ids, 3, 13, stop_ids=stop_ids)
+    full = beam_search(model, ids, 3, 13, stop_ids=stop_ids, use_cache=False)
+    assert torch.equal(cached[0], full[0])
+    assert_close(cached[1], full[1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("position", POSITIONS)
+def test_stepper_rows_follow_their_reorder_like_beams(position):
+    model = _gpt(position, seed=8, std=0.3).eval()
+    ids = torch.randint(0, 13, (3, 4), generator=torch.Generator().manual_seed(1))
+    parent = torch.tensor([2, 0, 0])
+    step = _step._Stepper(model, 8, "test", use_cache=True, batch_size=3, max_length=8)
+    with torch.no_grad():
+        step(ids)  # prefill
+        step.reorder(parent)
+        longer = torch.cat([ids[parent], torch.tensor([[5], [6], [7]])], dim=1)  # (3, 5)
+        cached = step(longer)  # one new position against the reordered cache
+        full = _step._next_logits(model, longer, 8)
+    assert step.cache.length == 5
+    assert (cached - full).abs().max() < 1e-5
+    assert (full[1] - full[2]).abs().max() > 1e-3  # rows 1 and 2 differ only in the new token
+
+
+def _left_pad(rows, pad):
+    """Rows of different lengths, left-padded with `pad`: ids and the bool mask, each (B, T)."""
+    T = max(len(row) for row in rows)
+    ids = torch.tensor([[pad] * (T - len(row)) + row for row in rows])
+    mask = torch.tensor([[False] * (T - len(row)) + [True] * len(row) for row in rows])
+    return ids, mask
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("position", POSITIONS)
+def test_left_padded_rows_generate_what_each_row_generates_alone(position, use_cache):
+    model = _gpt(position, seed=5)
+    rows = [[3, 1, 4, 1, 5], [9, 2], [6, 5, 3]]
+    ids, mask = _left_pad(rows, pad=7)  # a pad id that is not 0, so masking must work
+    n = 10  # 5 + 10 slots pass block_size 8 and max_position 12
+    out = generate(model, ids, n, temperature=0.0, attention_mask=mask, use_cache=use_cache)
+    T = ids.size(1)
+    for row, prompt in zip(out.tolist(), rows, strict=True):
+        alone = generate(model, torch.tensor([prompt]), n, temperature=0.0, use_cache=use_cache)
+        assert row[T:] == alone[0, len(prompt) :].tolist()
+    assert len({tuple(row[T:]) for row in out.tolist()}) > 1  # the rows do differ
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("position", POSITIONS)
+def test_left_padded_sampling_is_the_same_cached_or_not(position):
+    model = _gpt(position, seed=6)
+    ids, mask = _left_pad([[1, 2, 3, 4], [5], [6, 7]], pad=0)
+    outs = [
+        generate(
+            model,
+            ids,
+            12,
+            attention_mask=mask,
+            use_cache=flag,
+            generator=torch.Generator().manual_seed(11),
+        )  # fmt: skip
+        for flag in (True, False)
+    ]
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize(
+    ("mask", "match"),
+    [
+        (torch.ones(2, 3, dtype=torch.bool), r"attention_mask must have the shape of ids \(2, 2\)"),
+        (torch.tensor([[True, False], [True, True]]), "attention_mask must mark left padding"),
+        (torch.tensor([[False, False], [True, True]]), "attention_mask must mark left padding"),
+    ],
+)
+def test_attention_mask_errors_name_the_parameter(mask, match):
+    with pytest.raises(ValueError, match=match):
+        generate(_gpt("rope"), torch.tensor([[1, 2], [3, 4]]), 2, attention_mask=mask)
 
 
 # --- documentation -----------------------------------------------------------------------------

@@ -60,10 +60,19 @@ class Block(nn.Module):
         self.mlp = _make_mlp(config)
 
     def forward(
-        self, x: Tensor, *, start: int = 0, kv: tuple[Tensor, Tensor] | None = None
+        self,
+        x: Tensor,
+        *,
+        start: int = 0,
+        kv: tuple[Tensor, Tensor] | None = None,
+        positions: Tensor | None = None,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
-        """Map (B, T, C) to (B, T, C); `start` and `kv` as in `CausalSelfAttention.forward`."""
-        x = x + self.attn(self.norm_1(x), start=start, kv=kv)
+        """Map (B, T, C) to (B, T, C); the keywords as in `CausalSelfAttention.forward`."""
+        attended = self.attn(
+            self.norm_1(x), start=start, kv=kv, positions=positions, key_mask=key_mask
+        )
+        x = x + attended
         return x + self.mlp(self.norm_2(x))
 
 
@@ -90,9 +99,10 @@ class GPT(nn.Module):
         position_features: an optional module that adds domain position features (for example
             the position within a musical bar) to the embeddings. It is called as
             `position_features(ids, positions)` with `ids` (B, T) and their absolute positions
-            (T,) int64, and returns (B, T, C), which is added to the token (+ position)
-            embedding. It becomes the submodule `position_features`: it is trained, saved in
-            the state dict and initialised like the model's own Linear / Embedding layers.
+            (T,) int64 ((B, T), per row, when `forward` gets a padding `attention_mask`), and
+            returns (B, T, C), which is added to the token (+ position) embedding. It becomes
+            the submodule `position_features`: it is trained, saved in the state dict and
+            initialised like the model's own Linear / Embedding layers.
 
     Example:
         >>> model = GPT(GPTConfig(vocab_size=10, n_layer=1, d_model=16, n_head=2, block_size=8))
@@ -132,27 +142,40 @@ class GPT(nn.Module):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
 
     def forward(
-        self, ids: Tensor, targets: Tensor | None = None, *, cache: KVCache | None = None
+        self,
+        ids: Tensor,
+        targets: Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
     ) -> Output:
         """Compute next-token logits and, given targets, the loss.
 
         Args:
             ids: token ids, (B, T) int64, every id in [0, vocab_size). Without a cache they sit
-                at positions 0 .. T - 1; with one, at `cache.length .. cache.length + T - 1`.
+                in slots 0 .. T - 1; with one, in slots `cache.length .. cache.length + T - 1`.
             targets: the next token at each position, (B, T) int64; positions where the target
                 is `config.pad_id` are left out of the loss.
-            cache: keys and values of the earlier positions, from `new_cache`. The new tokens
+            cache: keys and values of the earlier slots, from `new_cache`. The new tokens
                 attend to them and to each other causally; their keys and values are written
                 into the cache, whose `length` then grows by T.
+            attention_mask: which slots hold real tokens, (B, S) bool or 0/1, covering every
+                slot seen so far: S = `cache.length + T` with a cache, T without (the caller
+                keeps the whole mask and passes it again each call). Padded slots (False) are
+                masked out of attention, and a row's positions count real tokens only, so with
+                left padding each row starts at position 0 at its first real token. Logits at
+                padded slots are meaningless. None (or all True) means no padding and keeps the
+                fused causal attention path.
 
         Returns:
             `Output(logits, loss)`: logits (B, T, V); loss a 0-d tensor, or None without targets.
             When every target is pad_id the loss is NaN (0 / 0), as in `F.cross_entropy`.
 
         Raises:
-            ValueError: if `ids` is not 2-D, `targets` has another shape, the cache does not fit
-                the model or batch, or the last position would pass `config.context_limit`
-                (block_size, or max_position for rope / alibi) or the cache's `max_length`.
+            ValueError: if `ids` is not 2-D, `targets` or `attention_mask` has another shape,
+                the cache does not fit the model or batch, or the last slot would pass
+                `config.context_limit` (block_size, or max_position for rope / alibi) or the
+                cache's `max_length`.
         """
         if ids.ndim != 2:
             raise ValueError(f"GPT.forward: ids must be 2-D (B, T), got shape {tuple(ids.shape)}")
@@ -164,22 +187,31 @@ class GPT(nn.Module):
             )
         start = 0 if cache is None else cache.length
         self._check_length(start, T, cache, B)
+        key_mask = _key_mask(attention_mask, B, start + T)  # (B, S) bool, or None
 
-        positions = torch.arange(start, start + T, device=ids.device)  # (T,)
+        if key_mask is None:
+            positions = torch.arange(start, start + T, device=ids.device)  # (T,)
+        else:
+            # Position = real tokens before this slot; padded slots get 0 (their output is unused).
+            counts = key_mask.long().cumsum(dim=1)  # (B, S)
+            positions = (counts[:, start:] - 1).clamp(min=0)  # (B, T)
         x = self.tok_emb(ids)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(positions).to(x.dtype)  # (T, C) broadcast over B
+            x = x + self.pos_emb(positions).to(x.dtype)  # (T, C) or (B, T, C)
         if self.position_features is not None:
             x = x + self.position_features(ids, positions)  # (B, T, C)
         x = self.drop(x)
         recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        per_row = None if key_mask is None else positions  # RoPE angles per row
         for i, block in enumerate(self.blocks):
             if cache is not None:
-                x = block(x, start=start, kv=cache.layer(i))  # (B, T, C)
+                x = block(x, start=start, kv=cache.layer(i), positions=per_row, key_mask=key_mask)
             elif recompute:
-                x = checkpoint(block, x, use_reentrant=False)  # (B, T, C)
+                x = checkpoint(
+                    block, x, positions=per_row, key_mask=key_mask, use_reentrant=False
+                )  # (B, T, C)
             else:
-                x = block(x)  # (B, T, C)
+                x = block(x, positions=per_row, key_mask=key_mask)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         logits = self.head(self.norm_f(x))  # (B, T, V)
@@ -322,6 +354,20 @@ class GPT(nn.Module):
         N = weights + self.head.weight.numel()
         config = self.config
         return float(6 * N + 12 * config.n_layer * config.d_model * config.block_size)
+
+
+def _key_mask(attention_mask: Tensor | None, B: int, S: int) -> Tensor | None:
+    """`attention_mask` checked and as bool (B, S); None when absent or when nothing is padded."""
+    if attention_mask is None:
+        return None
+    if tuple(attention_mask.shape) != (B, S):
+        raise ValueError(
+            f"GPT.forward: attention_mask must have shape (B, cache length + T) = {(B, S)}, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    key_mask = attention_mask.to(device=attention_mask.device, dtype=torch.bool)
+    # No padding: drop the mask so attention keeps its fused causal path; the result is the same.
+    return None if bool(key_mask.all()) else key_mask
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from transformer_kit.sampling._step import (
     _check_prompt,
     _inference,
-    _next_logits,
     _resolve_block_size,
+    _Stepper,
 )
 
 __all__ = ["beam_search"]
@@ -36,6 +36,7 @@ def beam_search(
     stop_ids: Sequence[int] = (),
     block_size: int | None = None,
     pad_id: int = 0,
+    use_cache: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Find, per row, a high-scoring continuation of `ids` with a beam of `num_beams`.
 
@@ -58,8 +59,11 @@ def beam_search(
     `num_beams=1` is not greedy decoding: the beam continues past a stop token and may find a
     longer hypothesis that scores better.
 
-    The model runs under `torch.no_grad()` in eval mode on `B * num_beams` sequences per step,
-    recomputing the cropped context; training flags are restored afterwards.
+    The model runs under `torch.no_grad()` in eval mode on `B * num_beams` sequences per step;
+    training flags are restored afterwards. With `use_cache` and a model that has `new_cache`,
+    each step feeds one new position per beam and the cache rows follow their parent beams
+    (`cache.reorder`); past `block_size` each step prefills the cropped context again, as
+    `generate` does. Without a cache each step recomputes the cropped context.
 
     Args:
         model: Maps ids `(B, T)` to logits `(B, T, V)`, or to an object with such a `.logits`.
@@ -68,9 +72,11 @@ def beam_search(
         max_new_tokens: Maximum number of tokens to append, >= 0.
         length_penalty: Exponent `alpha` of the length normalisation, a finite number.
         stop_ids: Token ids in `[0, V)` that finish a hypothesis.
-        block_size: Context length fed to the model; defaults to `model.config.block_size` when
-            the model has one, else the whole sequence.
+        block_size: Context length fed to the model; defaults to `model.config.context_limit`
+            (else `model.config.block_size`) when the model has one, else the whole sequence.
         pad_id: Fill after a row's best hypothesis when it is shorter than the longest one.
+        use_cache: Use the model's KV cache when it has `new_cache`; False recomputes the
+            cropped context at every step.
 
     Returns:
         `(sequences, scores)`: the best hypothesis per row after its prompt, `(B, T + n)` with
@@ -113,9 +119,17 @@ def beam_search(
     best_tokens = torch.full((B, N), pad_id, dtype=ids.dtype, device=ids.device)
     best_length = torch.zeros(B, dtype=torch.long, device=ids.device)
     with _inference(model):
+        next_logits = _Stepper(
+            model,
+            block_size,
+            "beam_search",
+            use_cache=use_cache,
+            batch_size=B * K,
+            max_length=T + N,
+        )
         for step in range(N):
             length = step + 1  # generated tokens once this step's token is appended
-            logits = _next_logits(model, beams.reshape(B * K, T + step), block_size, "beam_search")
+            logits = next_logits(beams.reshape(B * K, T + step))  # (B * K, V)
             V = logits.size(-1)
             logp = torch.log_softmax(logits, dim=-1).view(B, K, V)
             if stops and not (stops[0] >= 0 and stops[-1] < V):
@@ -142,6 +156,7 @@ def beam_search(
             parent, token = flat // V, flat % V
             history = beams.gather(1, parent[:, :, None].expand(B, K, T + step))
             beams = torch.cat([history, token[:, :, None].to(ids.dtype)], dim=2)
+            next_logits.reorder((rows[:, None] * K + parent).view(B * K))  # cache rows follow
 
             if stops and length < N:
                 # Sums only fall; for alpha > 0 the largest divisor is N ** alpha, otherwise

@@ -1,7 +1,8 @@
 """`generate`: batched sampling with constraints, penalties, filters and per-row stopping.
 
-Each step runs the model once (`_step._next_logits`), shapes the logits in one fixed order and
-draws one token per unfinished row; finished rows are padded.
+Each step runs the model once (`_step._Stepper`: one new position against a KV cache where the
+model has `new_cache`, else a recompute of the cropped context), shapes the logits in one fixed
+order and draws one token per unfinished row; finished rows are padded.
 
     >>> generate(torch.nn.Embedding(5, 5), torch.tensor([[1, 2]]), 3, temperature=0.0).shape
     torch.Size([1, 5])
@@ -29,10 +30,11 @@ from transformer_kit.sampling._penalties import (
     apply_repetition_penalty,
 )
 from transformer_kit.sampling._step import (
+    _check_attention_mask,
     _check_prompt,
     _inference,
-    _next_logits,
     _resolve_block_size,
+    _Stepper,
 )
 
 __all__ = ["generate"]
@@ -57,11 +59,18 @@ def generate(
     filters: Sequence[LogitsFilter] = (),
     block_size: int | None = None,
     pad_id: int = 0,
+    use_cache: bool = True,
+    attention_mask: Tensor | None = None,
 ) -> Tensor:
     """Extend each sequence in `ids` by up to `max_new_tokens` sampled tokens.
 
     At each step the model sees the last `block_size` tokens and only its logits at the last
-    position are used. They then go through this fixed order:
+    position are used. With `use_cache` and a model that has `new_cache(batch_size, max_length)`
+    (such as `GPT`), the prompt is prefilled once and each step then feeds one new position;
+    once the sequence outgrows `block_size`, each step prefills the last `block_size` tokens
+    again (the window slides one token per step). Either way the model sees exactly the
+    context of the full recompute, so the tokens are the same. The logits then go through this
+    fixed order:
 
     1. `allowed_next` mask (`mask_allowed` with the ids the callable returns for the row);
     2. repetition, presence, then frequency penalty, over the row's whole sequence so far
@@ -100,10 +109,17 @@ def generate(
         generator: Source of randomness; the same seed gives the same output. None uses torch's
             global RNG.
         filters: Extra `LogitsFilter`s applied after min-p, in order.
-        block_size: Context length fed to the model; defaults to `model.config.block_size` when
-            the model has one, else the whole sequence.
+        block_size: Context length fed to the model; defaults to `model.config.context_limit`
+            (block_size, or max_position for rope / alibi) or else `model.config.block_size`
+            when the model has one, else the whole sequence.
         pad_id: Fill for finished rows. Finished rows are still fed to the model until all
             rows finish, so it must be a valid input id.
+        use_cache: Use the model's KV cache when it has `new_cache`; False recomputes the
+            cropped context at every step.
+        attention_mask: `(B, T)` bool or 0/1, True at real prompt tokens, for prompts of
+            different lengths padded on the left (each row False then True). The model must
+            take `attention_mask` as `GPT.forward` does (covering every column seen so far);
+            generated tokens count as real. Penalties and `allowed_next` still see the pad ids.
 
     Returns:
         A new tensor `(B, T + n)` with `n <= max_new_tokens`, whose first `T` columns are `ids`.
@@ -132,14 +148,26 @@ def generate(
     )
     block_size = _resolve_block_size(model, block_size, "generate")
     stops = _stop_table(stop_ids, stop_sequences, ids)
+    mask = _check_attention_mask(attention_mask, ids, "generate")
 
     out = ids.clone()
     finished = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
     with _inference(model):
+        if max_new_tokens == 0:
+            return out
+        next_logits = _Stepper(
+            model,
+            block_size,
+            "generate",
+            use_cache=use_cache,
+            batch_size=ids.size(0),
+            max_length=ids.size(1) + max_new_tokens,
+            attention_mask=mask,
+        )
         for step in range(max_new_tokens):
             if bool(finished.all()):
                 break
-            logits = _next_logits(model, out, block_size, "generate")  # (B, V)
+            logits = next_logits(out)  # (B, V)
             if allowed_next is not None:
                 keep = _allowed_rows(allowed_next, out, finished, logits.size(-1), step)
                 logits = logits.masked_fill(~keep, -math.inf)
