@@ -37,7 +37,9 @@ def environment() -> dict[str, object]:
     }
 
 
-def interleaved(cases: Mapping[str, Callable[[], float]], *, repeats: int) -> dict[str, list[float]]:
+def interleaved(
+    cases: Mapping[str, Callable[[], float]], *, repeats: int
+) -> dict[str, list[float]]:
     """Call every case once per repeat, reversing the order on odd repeats (ABAB..., BA...).
 
     Each case returns one measurement (seconds, say); the lists keep the repeat order, so
