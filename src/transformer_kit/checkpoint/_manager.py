@@ -1,7 +1,7 @@
 """CheckpointManager: a run's `last`, `best` and newest periodic checkpoints in one folder.
 
 One `save` serialises the state once, to a temporary `last.pt`; `best.pt` and the periodic
-`step-XXXXXXXX.pt` get hard links to it (or fsynced copies). A journal records the manifest
+`step-{step:08d}.pt` get hard links to it (or fsynced copies). A journal records the manifest
 about to be committed, the temporary files are renamed onto their final names, `manifest.json`
 is replaced (the commit), and rotated-out files and the journal are deleted. Every file is
 written temp -> fsync -> rename -> fsync folder. Reopening the folder after a crash finishes or
@@ -63,7 +63,7 @@ class CheckpointManager:
 
     Args:
         directory: the folder (created if needed). Reopening it continues best tracking.
-        keep_last: how many periodic ``step-XXXXXXXX.pt`` files to keep, newest first.
+        keep_last: how many periodic ``step-{step:08d}.pt`` files to keep, newest first.
         monitor: the metric that decides `best`.
         mode: "min" when lower is better (a loss), "max" when higher is (an accuracy).
         every_steps: write a periodic checkpoint when ``step % every_steps == 0``; None: never.
@@ -139,7 +139,7 @@ class CheckpointManager:
         step: int,
         metrics: Mapping[str, float] | None = None,
     ) -> list[Path]:
-        """Write `last.pt`, plus `best.pt` and `step-XXXXXXXX.pt` when due; returns the paths.
+        """Write `last.pt`, plus `best.pt` and `step-{step:08d}.pt` when due; returns the paths.
 
         `best` is written when `metrics[monitor]` improves on the best so far (NaN never does);
         the periodic file when `every_steps` divides `step`. The state is serialised once.

@@ -1,25 +1,14 @@
-"""A thin training loop that composes the kit's parts: data, optimizer, schedule, checkpoints.
-
-The Trainer is the only module that knows the others. Everything it uses is passed in or built
-by a small overridable method (`configure_optimizer`, `configure_scheduler`, `training_step`,
-`evaluation_step`), so a subclass changes one piece without copying the loop.
-    >>> config = TrainerConfig(max_steps=100, batch_size=8)
-    >>> config.tokens_per_step(block_size=64)
-    512
-"""
+"""`Trainer`: a thin loop that composes the kit's parts (see the package docstring)."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging as _pylogging
 import math
-import resource
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -40,146 +29,24 @@ from transformer_kit.data import RandomBatches, TokenDataset
 from transformer_kit.distributed import DistributedContext, all_reduce_mean, init_distributed
 from transformer_kit.fsdp import load_sharded, save_sharded, shard_model
 from transformer_kit.logging import MetricLogger, MultiLogger
-from transformer_kit.optim import OptimizerName, build_optimizer
+from transformer_kit.optim import build_optimizer
+from transformer_kit.trainer._monitor import (
+    flops_per_token,
+    peak_flops,
+    peak_memory_mb,
+    weight_norm,
+)
+from transformer_kit.trainer.config import TrainerConfig
 
-__all__ = ["Batch", "TrainerConfig", "Trainer", "TrainingError"]
+__all__ = ["Batch", "Trainer", "TrainingError"]
 
 _log = _pylogging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor]
-Precision = Literal["fp32", "bf16", "fp16"]
-CheckpointErrorPolicy = Literal["raise", "continue"]
-
-# Dense bf16 peak of known accelerators, for model-FLOPs utilisation (vendor data sheets).
-_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (too many non-finite steps, repeated loss spikes)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TrainerConfig:
-    """Everything the loop needs that is not an object passed in."""
-
-    max_steps: int = 1000
-    """Optimizer steps to run (a step may hold several micro-batches)."""
-    batch_size: int = 32
-    """Sequences per micro-batch on each process."""
-    grad_accum_steps: int = 1
-    """Micro-batches per optimizer step; the update equals one batch this many times larger."""
-    lr: float = 3e-4
-    """Peak learning rate, reached at the end of warmup."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of `lr` at the end of the cosine decay."""
-    warmup_steps: int = 100
-    optimizer: OptimizerName = "adamw"
-    """"adamw", "muon" (Muon on hidden matrices + AdamW) or "adafactor" (least memory). Muon and
-    Adafactor want larger `lr` than AdamW (see optim.md)."""
-    weight_decay: float = 0.1
-    """AdamW decoupled weight decay, applied to matrices only (not norms, biases, embeddings)."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = 1.0
-    """Clip the global gradient norm to this value; None disables clipping (the norm is still
-    logged)."""
-    eval_every: int = 200
-    eval_batches: int = 20
-    """Batches per evaluation on each split (bounds evaluation time on large corpora)."""
-    checkpoint_every: int | None = None
-    """Save `last` every this many steps; None saves at each evaluation."""
-    log_every: int = 1
-    seed: int = 0
-    """Seeds the data order; model initialisation is seeded by the caller."""
-    device: str = "cpu"
-    """"cpu", "cuda", "cuda:1", or "auto" (CUDA when available)."""
-    precision: Precision = "fp32"
-    """"bf16" uses autocast on CPU and CUDA; "fp16" uses autocast + GradScaler (CUDA only)."""
-    compile: bool = False
-    """Wrap the model in torch.compile for training and evaluation."""
-    fsdp: bool = False
-    """Shard parameters, gradients and optimizer state over the torchrun processes (FSDP2)
-    instead of replicating them (DDP). Checkpoints then go through torch.distributed.checkpoint
-    into `<checkpoints>/sharded-last/`; needs world size >= 2."""
-    time_limit_s: float | None = None
-    """Stop (with a final evaluation and checkpoint) once this much wall time has passed."""
-    max_bad_steps: int = 5
-    """Consecutive non-finite steps tolerated (each is skipped) before the run stops."""
-    spike_factor: float | None = None
-    """Roll back to the last good checkpoint when loss > spike_factor x its running mean."""
-    max_rollbacks: int = 3
-    checkpoint_error: CheckpointErrorPolicy = "raise"
-    """What a failed checkpoint write does: "raise" stops the run, "continue" logs and goes on.
-    Either way the previous checkpoint stays intact."""
-    restore_best: bool = False
-    """Load the best checkpoint's weights into the model when fit() ends."""
-
-    def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batches")
-        for name in (*positive, "log_every", "max_bad_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainerConfig.{name} must be an integer >= 1, got {value!r}")
-        for name in ("warmup_steps", "max_rollbacks"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainerConfig.{name} must be an integer >= 0, got {value!r}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(
-                f"TrainerConfig.checkpoint_every must be >= 1 or None, got {self.checkpoint_every}"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"TrainerConfig.lr must be > 0, got {self.lr!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(
-                f"TrainerConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"
-            )
-        if self.weight_decay < 0:
-            raise ValueError(f"TrainerConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"TrainerConfig.betas must be two values in [0, 1), got {self.betas}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"TrainerConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.precision not in get_args(Precision):
-            raise ValueError(
-                f"TrainerConfig.precision must be one of {get_args(Precision)}, "
-                f"got {self.precision!r}"
-            )
-        if self.optimizer not in get_args(OptimizerName):
-            raise ValueError(
-                f"TrainerConfig.optimizer must be one of {get_args(OptimizerName)}, "
-                f"got {self.optimizer!r}"
-            )
-        if self.checkpoint_error not in get_args(CheckpointErrorPolicy):
-            raise ValueError(
-                f"TrainerConfig.checkpoint_error must be one of "
-                f"{get_args(CheckpointErrorPolicy)}, got {self.checkpoint_error!r}"
-            )
-        if self.spike_factor is not None and not self.spike_factor > 1:
-            raise ValueError(
-                f"TrainerConfig.spike_factor must be > 1 or None, got {self.spike_factor}"
-            )
-        if self.fsdp:
-            for name, value, allowed in (
-                ("precision", self.precision, ("fp32", "bf16")),
-                ("spike_factor", self.spike_factor, (None,)),
-                ("restore_best", self.restore_best, (False,)),
-            ):
-                if value not in allowed:
-                    raise ValueError(
-                        f"TrainerConfig.{name}={value!r} is not supported with fsdp=True "
-                        f"(allowed: {allowed}); sharded runs keep only the `last` checkpoint"
-                    )
-        if self.time_limit_s is not None and not self.time_limit_s > 0:
-            raise ValueError(
-                f"TrainerConfig.time_limit_s must be > 0 or None, got {self.time_limit_s}"
-            )
-
-    def tokens_per_step(self, *, block_size: int, world_size: int = 1) -> int:
-        """Tokens consumed by one optimizer step across all processes."""
-        return self.batch_size * self.grad_accum_steps * world_size * block_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 class Trainer:
@@ -326,6 +193,18 @@ class Trainer:
             The last evaluation's metrics (plus `step`).
         """
         cfg = self.config
+        try:
+            last_eval = self._fit_loop()
+        finally:
+            # Even when the run fails: loggers flush what they buffer (TensorBoard holds events).
+            self.logger.close()
+        if cfg.restore_best and self.checkpoints is not None and self.checkpoints.exists("best"):
+            self.model.load_state_dict(self.checkpoints.load("best")["model"])
+        self._notify("on_train_end", last_eval)
+        return last_eval
+
+    def _fit_loop(self) -> dict[str, float]:
+        cfg = self.config
         start = time.perf_counter()
         self._notify("on_train_start")
         last_eval: dict[str, float] = {}
@@ -356,10 +235,6 @@ class Trainer:
         if last_eval.get("step") != self.step:
             last_eval = self._evaluate_and_report()
         self.save_checkpoint(last_eval)
-        if cfg.restore_best and self.checkpoints is not None and self.checkpoints.exists("best"):
-            self.model.load_state_dict(self.checkpoints.load("best")["model"])
-        self._notify("on_train_end", last_eval)
-        self.logger.close()
         return last_eval
 
     def _optimizer_step(self) -> dict[str, float]:
@@ -624,14 +499,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _health_metrics(self) -> dict[str, float]:
-        with torch.no_grad():
-            squares = [p.detach().float().pow(2).sum() for p in self.model.parameters()]
-            # Under FSDP each sum covers this rank's shard only: gather the full value.
-            squares = [getattr(sq, "full_tensor", lambda sq=sq: sq)() for sq in squares]
-            weight_norm = math.sqrt(sum(float(sq) for sq in squares))
-        metrics = {"weight_norm": weight_norm, "peak_mem_mb": _peak_memory_mb(self.device)}
-        flops = _flops_per_token(self.model)
-        peak = _peak_flops(self.device)
+        metrics = {
+            "weight_norm": weight_norm(self.model),
+            "peak_mem_mb": peak_memory_mb(self.device),
+        }
+        flops = flops_per_token(self.model)
+        peak = peak_flops(self.device)
         if flops is not None and peak is not None and self._tokens_per_s > 0:
             # Model FLOPs utilisation: achieved model FLOPs / the hardware's dense bf16 peak.
             metrics["mfu"] = flops * self._tokens_per_s / (peak * self.context.world_size)
@@ -713,33 +586,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is in KiB on Linux (bytes on macOS); this is the process's peak resident set.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _flops_per_token(model: nn.Module) -> float | None:
-    custom = getattr(model, "flops_per_token", None)
-    if callable(custom):
-        return float(custom())
-    config = getattr(model, "config", None)
-    needed = ("n_layer", "d_model", "block_size")
-    if config is None or not all(hasattr(config, name) for name in needed):
-        return None
-    n_params = sum(p.numel() for p in model.parameters())
-    # 6N for the matmuls of forward+backward plus 12 L d T for attention (PaLM, appendix B).
-    return 6 * n_params + 12 * config.n_layer * config.d_model * config.block_size
-
-
-def _peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in _PEAK_FLOPS.items():
-        if key in name:
-            return flops
-    return None
