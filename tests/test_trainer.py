@@ -221,6 +221,27 @@ def test_too_many_bad_steps_stop_with_the_step_named_and_checkpoints_untouched(t
     assert last.exists()
 
 
+def test_loggers_are_closed_when_the_run_fails(tmp_path):
+    class Recorder:
+        def __init__(self):
+            self.closed = False
+            self.steps = []
+
+        def log(self, metrics, step):
+            self.steps.append(step)
+
+        def close(self):
+            self.closed = True
+
+    recorder = Recorder()
+    trainer = make_trainer(
+        trainer_cls=NanAt, nan_steps={2, 3}, max_steps=6, max_bad_steps=2, loggers=[recorder]
+    )
+    with pytest.raises(TrainingError):
+        trainer.fit()
+    assert recorder.closed and recorder.steps == [1, 2]
+
+
 def test_spike_rolls_back_to_last_good_checkpoint(tmp_path):
     class SpikeAt(Trainer):
         def training_step(self, batch):
