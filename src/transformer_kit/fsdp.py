@@ -38,6 +38,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.optim import Optimizer
 
 from transformer_kit.checkpoint import CheckpointError
+from transformer_kit.checkpoint._atomic import fsync_folder
 
 __all__ = ["consolidate_to_full_state_dict", "load_sharded", "save_sharded", "shard_model"]
 
@@ -377,11 +378,11 @@ def _recover(final: Path) -> None:
         shutil.rmtree(backup)  # the new checkpoint was already in place
     else:
         os.replace(backup, final)  # the new one never arrived: the previous one comes back
-        _fsync_folder(final.parent)
+        fsync_folder(final.parent)
 
 
 def _publish(temp: Path, final: Path) -> None:
-    _fsync_folder(temp)
+    fsync_folder(temp)
     backup = _sibling(final, _BACKUP_SUFFIX)
     # A directory cannot be renamed over a non-empty one, so the previous checkpoint steps
     # aside to `.old` first; `_recover` handles a crash between the two renames.
@@ -395,7 +396,7 @@ def _publish(temp: Path, final: Path) -> None:
             os.replace(backup, final)
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    _fsync_folder(final.parent)
+    fsync_folder(final.parent)
     if had_previous:
         # The new checkpoint is in place; a backup that will not go is removed by the next save.
         shutil.rmtree(backup, ignore_errors=True)
@@ -416,17 +417,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the renames inside `folder` survive a power cut (a no-op where it cannot)."""
-    if os.name == "nt":  # Windows cannot open a folder; NTFS journals renames itself.
-        return
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    except OSError as error:
-        # Some FUSE and network filesystems refuse to fsync a folder; nothing more can be done.
-        _log.debug("could not fsync the folder %s: %s", folder, error)
-    finally:
-        os.close(handle)
