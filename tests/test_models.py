@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.testing import assert_close
 
-from transformer_kit.models import GPT, GPTConfig, KVCache, MlpKind, NormKind, PositionKind
+from transformer_kit.models import (
+    GPT,
+    BarPositionFeatures,
+    GPTConfig,
+    KVCache,
+    MlpKind,
+    NormKind,
+    PositionKind,
+)
 from transformer_kit.models.positional import alibi_slopes, apply_rope
 
 # Shapes: B batch, T time, C d_model, H heads, K kv heads, D head dim, F ff dim, V vocab.
@@ -903,6 +911,72 @@ def test_position_features_see_absolute_positions_with_a_cache() -> None:
         steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(3, 6)]
     assert features.seen == [[0, 1, 2, 3, 4, 5], [0, 1, 2], [3], [4], [5]]
     assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
+
+
+# Bar positions: ids 0 pad, 1 start, 2 bar, 3 a note, 4-6 advance the clock by 0.25 / 0.5 / 1.0.
+BAR_TIMES = [0.0, 0.0, 0.0, 0.0, 0.25, 0.5, 1.0] + [0.0] * (VOCAB - 7)
+
+
+def _bar_positions_by_hand(row: list[int], *, max_steps: int = 16) -> list[int]:
+    """The positions by a plain loop; max_steps + 1 before the first reset (unknown)."""
+    clock, last_reset, out = 0, None, []
+    for token in row:
+        if token in (1, 2):
+            last_reset = clock
+        out.append(max_steps + 1 if last_reset is None else min(clock - last_reset, max_steps))
+        clock += round(BAR_TIMES[token] / 0.25)
+    return out
+
+
+def test_bar_positions_by_hand() -> None:
+    features = BarPositionFeatures(8, time_values=BAR_TIMES, bar_id=2, start_id=1)
+    #         note  +1.0 note +0.5 bar note +0.25 note
+    row = [3, 6, 3, 5, 2, 3, 4, 3]
+    assert features.bar_positions(torch.tensor([row])).tolist() == [[17, 17, 17, 17, 0, 0, 0, 1]]
+    row = [1, 3, 6, 3, 6, 3, 6, 3, 6, 3, 6, 3]  # start, then five whole beats past 4/4
+    assert features.bar_positions(torch.tensor([row])).tolist() == [
+        [0, 0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 16]
+    ]
+
+
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=40), st.integers(1, 20))
+def test_bar_positions_match_a_loop(row: list[int], max_steps: int) -> None:
+    features = BarPositionFeatures(
+        4, time_values=BAR_TIMES, bar_id=2, start_id=1, max_steps=max_steps
+    )
+    expected = _bar_positions_by_hand(row, max_steps=max_steps)
+    assert features.bar_positions(torch.tensor([row])).tolist() == [expected]
+
+
+def test_bar_position_features_with_a_cache_equal_a_full_recompute() -> None:
+    torch.manual_seed(0)
+    features = BarPositionFeatures(16, time_values=BAR_TIMES, bar_id=2, start_id=1)
+    model = GPT(_config(position="rope", max_position=64), position_features=features).eval()
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.cat(
+        [torch.ones(2, 1, dtype=torch.long), torch.randint(2, 7, (2, 29), generator=gen)], 1
+    )
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        full = model(ids).logits
+        steps = [model(ids[:, :5], cache=cache).logits]
+        steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(5, 30)]
+    assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-4)
+    # The history matters: the same token gets another feature without the tokens before it.
+    assert not torch.allclose(
+        features(ids[:, 10:11], torch.tensor([10])), features(ids[:, :11], torch.tensor([10]))
+    )
+
+
+def test_bar_position_features_reject_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="bar_id must be an id in"):
+        BarPositionFeatures(8, time_values=[0.0, 1.0], bar_id=5)
+    with pytest.raises(ValueError, match="time_values"):
+        BarPositionFeatures(8, time_values=[0.0, -1.0], bar_id=0)
+    with pytest.raises(ValueError, match="resolution"):
+        BarPositionFeatures(8, time_values=[0.0, 1.0], bar_id=0, resolution=0)
+    with pytest.raises(ValueError, match="d_model"):
+        BarPositionFeatures(0, time_values=[0.0, 1.0], bar_id=0)
 
 
 # ---------------------------------------------------------------------------------------------

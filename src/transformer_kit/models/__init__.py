@@ -5,7 +5,8 @@
 8
 
 Files, in reading order: config.py (GPTConfig), positional.py (sinusoidal, RoPE, ALiBi),
-layers.py (MLP variants, norms), attention.py, cache.py (KVCache), gpt.py (Block, GPT).
+layers.py (MLP variants, norms), attention.py, cache.py (KVCache), gpt.py (Block, GPT),
+features.py (BarPositionFeatures, for the `position_features` hook).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from transformer_kit.models.attention import CausalSelfAttention
 from transformer_kit.models.cache import KVCache
 from transformer_kit.models.config import GPTConfig, MlpKind, NormKind, PositionKind
+from transformer_kit.models.features import BarPositionFeatures
 from transformer_kit.models.gpt import GPT, Block, Output
 from transformer_kit.models.layers import MLP, SwiGLU
 
@@ -25,6 +27,7 @@ __all__ = [
     "MLP",
     "SwiGLU",
     "KVCache",
+    "BarPositionFeatures",
     "PositionKind",
     "NormKind",
     "MlpKind",

@@ -66,6 +66,8 @@ class KVCache:
         """Per-layer keys, each (B, K, L, D); only the first `length` positions are valid."""
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         """Per-layer values, each (B, K, L, D); only the first `length` positions are valid."""
+        self.ids = torch.zeros((batch_size, max_length), dtype=torch.long, device=device)
+        """The token ids fed so far, (B, L); position features that need the history read it."""
         self.length = 0
         """Number of positions filled: the absolute position of the next token fed."""
 
@@ -130,3 +132,4 @@ class KVCache:
         """
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
+        self.ids = self.ids.index_select(0, index)

@@ -100,9 +100,13 @@ class GPT(nn.Module):
             the position within a musical bar) to the embeddings. It is called as
             `position_features(ids, positions)` with `ids` (B, T) and their absolute positions
             (T,) int64 ((B, T), per row, when `forward` gets a padding `attention_mask`), and
-            returns (B, T, C), which is added to the token (+ position) embedding. It becomes
-            the submodule `position_features`: it is trained, saved in the state dict and
-            initialised like the model's own Linear / Embedding layers.
+            returns (B, T, C), which is added to the token (+ position) embedding. A module
+            whose feature depends on earlier tokens (the position within a bar depends on every
+            time step since the last bar line) sets the class attribute `uses_history = True`:
+            it then gets the whole history `ids` (B, S), the T new tokens last, which with a KV
+            cache are the `cache.ids` fed so far, and returns the features of the last T
+            tokens only. It becomes the submodule `position_features`: it is trained, saved in
+            the state dict and initialised like the model's own Linear / Embedding layers.
 
     Example:
         >>> model = GPT(GPTConfig(vocab_size=10, n_layer=1, d_model=16, n_head=2, block_size=8))
@@ -198,8 +202,13 @@ class GPT(nn.Module):
         x = self.tok_emb(ids)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions).to(x.dtype)  # (T, C) or (B, T, C)
+        if cache is not None:
+            cache.ids[:, start : start + T] = ids
         if self.position_features is not None:
-            x = x + self.position_features(ids, positions)  # (B, T, C)
+            history = ids
+            if cache is not None and getattr(self.position_features, "uses_history", False):
+                history = cache.ids[:, : start + T]  # (B, S)
+            x = x + self.position_features(history, positions)  # (B, T, C)
         x = self.drop(x)
         recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         per_row = None if key_mask is None else positions  # RoPE angles per row
