@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 
 from transformer_kit.augment import (
     Compose,
+    PitchShift,
     RandomCrop,
     RandomTokenMask,
+    RhythmScale,
     Stage,
     StagedAugmentation,
     three_stage,
 )
+from transformer_kit.tokenization import MusicTokenizer, NoteEvent
 
 VOCAB, PAD, MASK = 50, 0, 1
 
@@ -46,6 +49,8 @@ TRANSFORMS = {
     "crop": RandomCrop(3, target_pad_id=-100),
     "compose": Compose([RandomCrop(3), RandomTokenMask(0.5, mask_id=MASK)]),
     "empty_compose": Compose([]),
+    "pitch_shift": PitchShift((-2, -1, 1, 2), note_ids=range(10, 40)),
+    "rhythm_scale": RhythmScale((0.5, 2.0), durations={2: 0.5, 3: 1.0}, times={4: 0.5, 5: 1.0}),
 }
 
 
@@ -174,6 +179,38 @@ def test_compose_applies_in_order_with_one_generator():
             r"strictly increasing, got \[0, 5, 3\]",
         ),
         (lambda: three_stage(Compose([]), Compose([]), light_from=0), ValueError, "light_from"),
+        (
+            lambda: PitchShift((), note_ids=range(5, 10)),
+            ValueError,
+            r"semitones must be a non-empty sequence of ints, got \(\)",
+        ),
+        (lambda: PitchShift((0.5,), note_ids=range(5, 10)), ValueError, "semitones must be"),
+        (
+            lambda: PitchShift((1,), note_ids=range(10, 5)),
+            ValueError,
+            r"note_ids must be a non-empty range .* got range\(10, 5\)",
+        ),
+        (lambda: PitchShift((1,), note_ids=[5, 6]), ValueError, "note_ids must be"),
+        (
+            lambda: RhythmScale((0.0,), durations={1: 1.0}, times={2: 1.0}),
+            ValueError,
+            r"factors must be a non-empty sequence of numbers > 0, got \(0.0,\)",
+        ),
+        (
+            lambda: RhythmScale((2.0,), durations={}, times={2: 1.0}),
+            ValueError,
+            r"durations must be a non-empty mapping of ids >= 0 to numbers >= 0, got \{\}",
+        ),
+        (
+            lambda: RhythmScale((2.0,), durations={1: 1.0}, times={2: -1.0}),
+            ValueError,
+            "times must be a non-empty mapping",
+        ),
+        (
+            lambda: RhythmScale((2.0,), durations={1: 1.0}, times={1: 1.0}),
+            ValueError,
+            r"both a DUR and a TIME id, got \[1\]",
+        ),
         (
             lambda: three_stage(Compose([]), Compose([]), light_from=5, heavy_from=5),
             ValueError,
@@ -304,3 +341,183 @@ def test_transform_changing_the_shape_is_refused():
     aug = StagedAugmentation([Stage(0, shrink, 1.0)])
     with pytest.raises(ValueError, match="must keep the batch shape"):
         aug(*_batch(2, 4), epoch=0)
+
+
+# ---- music: PitchShift and RhythmScale -----------------------------------------------------------
+
+TOK = MusicTokenizer()
+NOTES = TOK.note_ids
+SEED_SCHEDULE = {  # the seed document's schedule: none, then +-1 on half the rows, then +-2
+    "light": PitchShift((-1, 0, 1), note_ids=NOTES),
+    "heavy": PitchShift(range(-2, 3), note_ids=NOTES),
+}
+
+
+def _music_batch(rows: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of random ids over the music vocabulary, NOTE ids on about half the positions."""
+    g = _gen(seed)
+    ids = torch.randint(len(TOK.vocab), (rows, length + 1), generator=g)
+    notes = torch.randint(NOTES.start, NOTES.stop, (rows, length + 1), generator=g)
+    ids = torch.where(torch.rand(rows, length + 1, generator=g) < 0.5, notes, ids)
+    return ids[:, :-1].clone(), ids[:, 1:].clone()
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    rows=st.integers(1, 8),
+    semitones=st.lists(st.integers(-30, 30), min_size=1, max_size=5),
+)
+def test_pitch_shift_moves_every_note_of_a_row_by_one_drawn_k(seed, rows, semitones):
+    ids = _music_batch(rows, 20, seed)
+    inputs, targets = ids
+    shift = PitchShift(semitones, note_ids=NOTES)
+    out, out_targets = shift(inputs, targets, generator=_gen(seed))
+    assert torch.equal(out[:, 1:], out_targets[:, :-1])  # targets stay the inputs one step on
+    for row in range(rows):
+        sequence = torch.cat([inputs[row], targets[row, -1:]])
+        moved = torch.cat([out[row], out_targets[row, -1:]])
+        is_note = (sequence >= NOTES.start) & (sequence < NOTES.stop)
+        assert torch.equal(moved[~is_note], sequence[~is_note])  # non-NOTE tokens untouched
+        if not is_note.any():
+            continue
+        ks = set((moved[is_note] - sequence[is_note]).tolist())
+        assert len(ks) == 1  # one k per row
+        k = ks.pop()
+        assert bool(((moved[is_note] >= NOTES.start) & (moved[is_note] < NOTES.stop)).all())
+        notes = sequence[is_note]
+        misfits = [j for j in semitones if not (NOTES.start <= notes.min() + j and
+                                                notes.max() + j < NOTES.stop)]  # fmt: skip
+        assert k in semitones or (k == 0 and misfits)  # unchanged only when the draw misfits
+
+
+def test_pitch_shift_leaves_rows_that_would_leave_the_range_unchanged():
+    top, bottom = NOTES[-1], NOTES[0]
+    inputs = torch.tensor([[TOK.start_id, bottom, TOK.voice_ids[0]], [TOK.start_id, top, 60]])
+    targets = torch.tensor([[bottom, TOK.voice_ids[0], bottom + 3], [top, 60, 61]])
+    for seed in range(5):
+        out, out_targets = PitchShift((1,), note_ids=NOTES)(inputs, targets, generator=_gen(seed))
+        assert out.tolist() == [[TOK.start_id, bottom + 1, TOK.voice_ids[0]], inputs[1].tolist()]
+        assert out_targets.tolist() == [
+            [bottom + 1, TOK.voice_ids[0], bottom + 4], targets[1].tolist()
+        ]  # fmt: skip
+    # The top note is only in the targets: the row still stays whole.
+    inputs, targets = torch.tensor([[TOK.start_id, 60]]), torch.tensor([[60, top]])
+    out, out_targets = PitchShift((1,), note_ids=NOTES)(inputs, targets, generator=_gen(0))
+    assert torch.equal(out, inputs) and torch.equal(out_targets, targets)
+
+
+def test_pitch_shift_draws_every_shift_and_is_deterministic_under_a_seed():
+    inputs, targets = torch.full((400, 2), NOTES[25]), torch.full((400, 2), NOTES[25])
+    shift = SEED_SCHEDULE["heavy"]
+    out, _ = shift(inputs, targets, generator=_gen(7))
+    assert set((out[:, 0] - inputs[:, 0]).tolist()) == {-2, -1, 0, 1, 2}
+    again, _ = shift(inputs, targets, generator=_gen(7))
+    other, _ = shift(inputs, targets, generator=_gen(8))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+
+
+def _music_calls(aug: StagedAugmentation, indices: range) -> list[tuple[torch.Tensor, ...]]:
+    return [aug(*_music_batch(8, 16, seed=i), epoch=EPOCHS[i]) for i in indices]
+
+
+@settings(max_examples=10)
+@given(split=st.integers(1, len(EPOCHS) - 1), seed=st.integers(0, 1000))
+def test_staged_pitch_shift_resumes_exactly(split, seed):
+    def staged(s: int) -> StagedAugmentation:
+        return three_stage(SEED_SCHEDULE["light"], SEED_SCHEDULE["heavy"], seed=s)
+
+    everything, head, tail = range(len(EPOCHS)), range(split), range(split, len(EPOCHS))
+    want = _music_calls(staged(seed), everything)
+    assert any(not torch.equal(w[0], _music_batch(8, 16, i)[0]) for i, w in enumerate(want))
+    first = staged(seed)
+    got = _music_calls(first, head)
+    resumed = staged(seed + 1)  # the saved seed wins
+    resumed.load_state_dict(first.state_dict())
+    assert _same(got + _music_calls(resumed, tail), want)
+    assert not _same(_music_calls(staged(seed), tail), want[split:])
+
+
+DUR_VALUES = dict(zip(TOK.dur_ids, TOK.durations, strict=True))
+TIME_VALUES = dict(zip(TOK.time_ids, TOK.time_steps, strict=True))
+
+
+def _scaled_row(row: list[int], factor: float) -> list[int]:
+    """Reference: a row with every DUR and TIME value times `factor`, or the row if one is off."""
+    out = []
+    for i in row:
+        for group in (DUR_VALUES, TIME_VALUES):
+            if i in group:
+                match = [j for j, v in group.items() if v == group[i] * factor]
+                if not match:
+                    return row
+                i = match[0]
+        out.append(i)
+    return out
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    factor=st.sampled_from([0.5, 2.0, 1.5, 3.0]),
+    pieces=st.lists(
+        st.lists(
+            st.builds(
+                NoteEvent,
+                pitch=st.integers(40, 80),
+                voice=st.integers(1, 4),
+                onset=st.integers(0, 64).map(lambda k: k * 0.25),
+                duration=st.sampled_from([0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0]),
+                bar=st.integers(0, 8),
+            ),
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_rhythm_scale_scales_every_value_of_a_row_exactly_or_none(seed, factor, pieces):
+    length = 24
+    rows = [(TOK.encode(p) + [TOK.pad_id] * length)[: length + 1] for p in pieces]
+    ids = torch.tensor(rows)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    scale = RhythmScale.for_tokenizer(TOK, factors=(factor,))
+    out, out_targets = scale(inputs, targets, generator=_gen(seed))
+    assert torch.equal(out[:, 1:], out_targets[:, :-1])
+    value = {**DUR_VALUES, **TIME_VALUES}
+    for row, original in zip(torch.cat([out, out_targets[:, -1:]], 1).tolist(), rows, strict=True):
+        assert row == _scaled_row(original, factor)
+        drawn = 1.0 if row == original else factor
+        for old, new in zip(original, row, strict=True):
+            if old in value:  # DUR stays DUR and TIME stays TIME, each value times the factor
+                assert TOK.vocab.group_of(new) == TOK.vocab.group_of(old)
+                assert value[new] == value[old] * drawn
+            else:
+                assert new == old  # NOTE, VOICE, BAR, REST and the specials stay
+
+
+def test_rhythm_scale_halves_and_doubles_a_phrase_and_keeps_off_grid_rows():
+    phrase = [NoteEvent(60, 1, 0.0, 1.0), NoteEvent(62, 1, 1.0, 0.5), NoteEvent(64, 1, 1.5, 2.0)]
+    ids = torch.tensor([TOK.encode(phrase)])
+    for factor in (0.5, 2.0):
+        scale = RhythmScale.for_tokenizer(TOK, factors=(factor,))
+        out, _ = scale(ids[:, :-1], ids[:, 1:], generator=_gen(0))
+        scaled = [
+            NoteEvent(e.pitch, e.voice, e.onset * factor, e.duration * factor) for e in phrase
+        ]
+        assert TOK.decode(out[0].tolist() + [TOK.end_id]) == scaled
+    long = torch.tensor([TOK.encode([NoteEvent(60, 1, 0.0, 16.0)])])  # 32 quarter notes: no token
+    out, out_targets = RhythmScale.for_tokenizer(TOK, factors=(2.0,))(
+        long[:, :-1], long[:, 1:], generator=_gen(0)
+    )
+    assert torch.equal(out, long[:, :-1]) and torch.equal(out_targets, long[:, 1:])
+
+
+def test_rhythm_scale_for_tokenizer_maps_each_group_onto_itself():
+    scale = RhythmScale.for_tokenizer(TOK)
+    assert scale.factors == (0.5, 2.0)
+    assert scale.durations == DUR_VALUES and scale.times == TIME_VALUES
+    # -100 (ignored targets) and ids beyond the table pass through.
+    inputs = torch.tensor([[TOK.dur_ids[5], 500]])
+    targets = torch.tensor([[500, -100]])
+    out, out_targets = scale(inputs, targets, generator=_gen(0))
+    assert out[0, 1] == 500 and out_targets.tolist() == [[500, -100]]
+    assert TOK.durations[int(out[0, 0]) - TOK.dur_ids.start] in (0.5, 2.0)

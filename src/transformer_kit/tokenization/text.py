@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from transformer_kit.tokenization.music import MusicTokenizer
 from transformer_kit.tokenization.vocabulary import DEFAULT_SPECIALS, Vocabulary
 
 __all__ = ["ByteTokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer"]
@@ -344,10 +345,13 @@ _KINDS: dict[str, type[CharTokenizer] | type[ByteTokenizer]] = {
     "char": CharTokenizer,
     "byte": ByteTokenizer,
 }
+"""The text tokenizers; a file of kind "music" holds a `MusicTokenizer` (note events)."""
 
 
-def load_tokenizer(path: str | os.PathLike[str]) -> CharTokenizer | ByteTokenizer:
+def load_tokenizer(path: str | os.PathLike[str]) -> CharTokenizer | ByteTokenizer | MusicTokenizer:
     """Read any tokenizer file written by a `save` method; its "kind" picks the class.
+
+    Kinds "char" and "byte" are the text tokenizers, "music" is `MusicTokenizer`.
 
     Raises:
         ValueError: on an unknown kind (the message lists the allowed kinds) or format.
@@ -360,6 +364,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> CharTokenizer | ByteTokenize
         ByteTokenizer(vocab_size=260)
     """
     payload = _read_file(path, "load_tokenizer", expect=None)
+    if payload["kind"] == MusicTokenizer.kind:
+        return MusicTokenizer._from_payload(payload)
     return _KINDS[payload["kind"]]._from_payload(payload)
 
 
@@ -419,10 +425,11 @@ def _read_file(path: str | os.PathLike[str], where: str, *, expect: str | None) 
     if not isinstance(payload, dict) or "vocab" not in payload:
         raise ValueError(f"{where}: {os.fspath(path)!r} is not a tokenizer file (no 'vocab' key)")
     kind = payload.get("kind")
-    if kind not in _KINDS:
+    if kind not in _KINDS and kind != MusicTokenizer.kind:
         raise ValueError(
             f"{where}: unknown tokenizer kind {kind!r} in {os.fspath(path)!r}; "
-            f"allowed kinds are {sorted(_KINDS)!r}"
+            f"allowed kinds are {sorted(_KINDS)!r} for text and {[MusicTokenizer.kind]!r} "
+            f"for note events"
         )
     if expect is not None and kind != expect:
         raise ValueError(

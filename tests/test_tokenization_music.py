@@ -1,0 +1,489 @@
+"""Tests for transformer_kit.tokenization.music: vocabulary, stream, grammar, quantize, files."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from transformer_kit.models import GPT, GPTConfig
+from transformer_kit.sampling import generate
+from transformer_kit.tokenization import (
+    DEFAULT_DURATIONS,
+    DEFAULT_TIME_STEPS,
+    CharTokenizer,
+    MusicTokenizer,
+    NoteEvent,
+    Tokenizer,
+    load_tokenizer,
+)
+from transformer_kit.tokenization import music as music_module
+from transformer_kit.tokenization.events import sort_events
+
+TOK = MusicTokenizer()
+TOKENIZERS = {
+    "default": TOK,
+    "triplets": MusicTokenizer(
+        min_pitch=55, max_pitch=79, voices=2, durations=(1 / 3, 2 / 3, 1.0, 2.0),
+        time_steps=(0.0, 1 / 3, 2 / 3, 1.0, 2.0),
+    ),
+    "coarse": MusicTokenizer(min_pitch=60, max_pitch=60, voices=1, durations=(1.0,),
+                             time_steps=(0.0, 1.0)),
+}  # fmt: skip
+tmp_path_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _names(tok: MusicTokenizer, ids: list[int]) -> list[str]:
+    return [tok.vocab.id_to_token(i) for i in ids]
+
+
+# -- strategies ----------------------------------------------------------------------------
+
+# Times either anywhere or on a 1/8 grid, so chords and exact values are common.
+TIMES = st.one_of(
+    st.floats(0.0, 40.0), st.integers(0, 320).map(lambda k: k * 0.125)
+)  # fmt: skip
+LENGTHS = st.one_of(
+    st.floats(1e-3, 24.0), st.integers(1, 64).map(lambda k: k * 0.125)
+)  # fmt: skip
+
+
+def events_for(tok: MusicTokenizer, max_size: int = 14) -> st.SearchStrategy[list[NoteEvent]]:
+    """Any valid event list for `tok`: pitches in range, any order, bars unrelated to time."""
+    event = st.builds(
+        NoteEvent,
+        pitch=st.integers(tok.min_pitch, tok.max_pitch),
+        voice=st.integers(1, tok.voices),
+        onset=TIMES,
+        duration=LENGTHS,
+        bar=st.integers(0, 12),
+        key=st.integers(-7, 7),
+    )
+    return st.lists(event, max_size=max_size)
+
+
+@st.composite
+def tokenizer_and_events(draw: st.DrawFn) -> tuple[MusicTokenizer, list[NoteEvent]]:
+    tok = TOKENIZERS[draw(st.sampled_from(sorted(TOKENIZERS)))]
+    return tok, draw(events_for(tok))
+
+
+# -- vocabulary ----------------------------------------------------------------------------
+
+
+def test_vocabulary_layout() -> None:
+    vocab = TOK.vocab
+    assert vocab.tokens[:5] == ("<PAD>", "<START>", "<END>", "<BAR>", "<REST>")
+    assert (TOK.pad_id, TOK.start_id, TOK.end_id, TOK.bar_id, TOK.rest_id) == (0, 1, 2, 3, 4)
+    assert vocab.group_names == ("special", "note", "voice", "dur", "time")
+    assert (TOK.min_pitch, TOK.max_pitch) == (34, 83)  # corpus 36..81 plus 2 on each side
+    assert TOK.note_ids == range(5, 55) and TOK.voice_ids == range(55, 59)
+    assert TOK.dur_ids == range(59, 80) and TOK.time_ids == range(80, 93)
+    assert len(vocab) == TOK.vocab_size == 93
+    assert _names(TOK, [TOK.note_id(60), TOK.note_id(61), TOK.note_ids[0], TOK.note_ids[-1]]) == [
+        "<NOTE:C4>", "<NOTE:C#4>", "<NOTE:A#1>", "<NOTE:B5>",
+    ]  # fmt: skip
+    assert _names(TOK, list(TOK.voice_ids)) == ["<VOICE:1>", "<VOICE:2>", "<VOICE:3>", "<VOICE:4>"]
+    assert vocab.token_to_id("<DUR:1.0>") in TOK.dur_ids
+    assert vocab.id_to_token(TOK.time_ids[0]) == "<TIME:+0.0>"
+    assert vocab.id_to_token(TOK.time_ids[2]) == "<TIME:+0.25>"
+    assert (TOK.durations, TOK.time_steps, TOK.grid) == (
+        DEFAULT_DURATIONS,
+        DEFAULT_TIME_STEPS,
+        0.125,
+    )
+    assert isinstance(TOK, Tokenizer)
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_note_ids_are_chromatic(name: str) -> None:
+    tok = TOKENIZERS[name]
+    for k, pitch in enumerate(range(tok.min_pitch, tok.max_pitch + 1)):
+        assert tok.note_id(pitch) == tok.note_ids.start + k
+        assert tok.pitch_of(tok.note_ids.start + k) == pitch
+
+
+def test_time_values_per_id() -> None:
+    values = TOK.time_values()
+    assert len(values) == len(TOK.vocab)
+    assert [values[i] for i in TOK.time_ids] == list(DEFAULT_TIME_STEPS)
+    assert all(values[i] == 0.0 for i in range(len(values)) if i not in TOK.time_ids)
+
+
+# -- the stream, by hand -------------------------------------------------------------------
+
+
+def test_encode_example_by_hand() -> None:
+    piece = [
+        NoteEvent(64, 2, 1.0, 1.0, bar=5),  # after one beat of silence; unsorted input
+        NoteEvent(60, 1, 1.0, 0.5, bar=5),
+        NoteEvent(67, 1, 2.0, 2.0, bar=5),
+        NoteEvent(65, 1, 12.5, 1.0, bar=7),  # 10.5 beats later, two bars on
+        NoteEvent(48, 4, 12.5, 0.3, bar=7),  # 0.3 snaps to 0.25
+    ]
+    assert _names(TOK, TOK.encode(piece)) == [
+        "<START>", "<REST>", "<TIME:+1.0>",
+        "<NOTE:C4>", "<VOICE:1>", "<DUR:0.5>", "<TIME:+0.0>",
+        "<NOTE:E4>", "<VOICE:2>", "<DUR:1.0>", "<TIME:+1.0>",
+        "<NOTE:G4>", "<VOICE:1>", "<DUR:2.0>", "<TIME:+8.0>", "<REST>", "<TIME:+2.0>",
+        "<REST>", "<TIME:+0.5>", "<BAR>", "<BAR>",
+        "<NOTE:F4>", "<VOICE:1>", "<DUR:1.0>", "<TIME:+0.0>",
+        "<NOTE:C3>", "<VOICE:4>", "<DUR:0.25>", "<TIME:+0.0>", "<END>",
+    ]  # fmt: skip
+    assert TOK.decode(TOK.encode(piece)) == [
+        NoteEvent(60, 1, 1.0, 0.5, 0), NoteEvent(64, 2, 1.0, 1.0, 0),
+        NoteEvent(67, 1, 2.0, 2.0, 0), NoteEvent(65, 1, 12.5, 1.0, 2),
+        NoteEvent(48, 4, 12.5, 0.25, 2),
+    ]  # fmt: skip
+    assert TOK.encode([]) == [TOK.start_id, TOK.end_id]
+    window = TOK.encode(piece[1:2], add_start=False, add_end=False)
+    assert _names(TOK, window) == [
+        "<REST>",
+        "<TIME:+1.0>",
+        "<NOTE:C4>",
+        "<VOICE:1>",
+        "<DUR:0.5>",
+        "<TIME:+0.0>",
+    ]
+
+
+@pytest.mark.parametrize(
+    "event, onset, duration",
+    [
+        (NoteEvent(60, 1, 0.0625, 1.0), 0.125, 1.0),  # half a grid step rounds up
+        (NoteEvent(60, 1, 0.06, 1.0), 0.0, 1.0),
+        (NoteEvent(60, 1, 1.0, 0.3125), 1.0, 0.25),  # a tie between 0.25 and 0.375 -> shorter
+        (NoteEvent(60, 1, 1.0, 0.32), 1.0, 0.375),
+        (NoteEvent(60, 1, 1.0, 0.01), 1.0, 0.125),  # below the shortest
+        (NoteEvent(60, 1, 1.0, 40.0), 1.0, 16.0),  # above the longest
+    ],
+)
+def test_quantize_snaps_by_hand(event: NoteEvent, onset: float, duration: float) -> None:
+    (got,) = TOK.quantize([event])
+    assert (got.onset, got.duration) == (onset, duration)
+
+
+def test_quantize_bars_fit_the_stream() -> None:
+    piece = [
+        NoteEvent(60, 1, 0.0, 1.0, bar=3),
+        NoteEvent(62, 2, 0.0, 1.0, bar=4),  # a chord over two bars: it takes the later one
+        NoteEvent(64, 1, 1.0, 1.0, bar=2),  # bars never go back
+        NoteEvent(65, 1, 2.0, 1.0, bar=6, key=-3),
+    ]
+    assert [(e.bar, e.key) for e in TOK.quantize(piece)] == [(0, 0), (0, 0), (0, 0), (2, 0)]
+
+
+# -- laws ----------------------------------------------------------------------------------
+
+
+@given(case=tokenizer_and_events())
+def test_decode_of_encode_is_quantize(case: tuple[MusicTokenizer, list[NoteEvent]]) -> None:
+    tok, events = case
+    assert tok.decode(tok.encode(events)) == tok.quantize(events)
+
+
+@given(case=tokenizer_and_events())
+def test_quantize_is_idempotent_and_on_the_grid(
+    case: tuple[MusicTokenizer, list[NoteEvent]],
+) -> None:
+    tok, events = case
+    piece = tok.quantize(events)
+    assert tok.quantize(piece) == piece
+    assert piece == sort_events(piece) and len(piece) == len(events)
+    assert all(e.duration in tok.durations and e.key == 0 for e in piece)
+    assert all(e.onset == round(e.onset / tok.grid) * tok.grid for e in piece)
+    if piece:
+        assert piece[0].bar == 0
+    for a, b in zip(piece, piece[1:], strict=False):
+        assert a.bar <= b.bar and (a.onset < b.onset or a.bar == b.bar)
+
+
+@given(case=tokenizer_and_events())
+def test_encoded_streams_follow_the_grammar(case: tuple[MusicTokenizer, list[NoteEvent]]) -> None:
+    tok, events = case
+    ids = tok.encode(events)
+    for k in range(len(ids)):
+        assert ids[k] in tok.allowed_next(ids[:k]), (k, _names(tok, ids))
+    assert tok.allowed_next(ids) == [tok.pad_id]
+    assert tok.allowed_next([*ids, tok.pad_id, tok.pad_id]) == [tok.pad_id]
+
+
+@given(case=tokenizer_and_events())
+def test_time_values_sum_to_the_last_onset(case: tuple[MusicTokenizer, list[NoteEvent]]) -> None:
+    tok, events = case
+    values = tok.time_values()
+    piece = tok.quantize(events)
+    clock = sum(values[i] for i in tok.encode(events))
+    assert clock == pytest.approx(piece[-1].onset if piece else 0.0, abs=1e-9)
+
+
+@st.composite
+def token_walks(draw: st.DrawFn) -> tuple[MusicTokenizer, list[int], bool]:
+    """A stream from <START>: mostly tokens the grammar allows, sometimes any token.
+
+    Returns the tokenizer, the ids, and whether every token up to <END> was allowed (a
+    <PAD> is allowed anywhere: decode skips it and the grammar looks through it).
+    """
+    tok = TOKENIZERS[draw(st.sampled_from(sorted(TOKENIZERS)))]
+    ids, legal, ended = [tok.start_id], True, False
+    for _ in range(draw(st.integers(0, 40))):
+        allowed = tok.allowed_next(ids)
+        pick = draw(st.integers(0, 10**6))
+        if draw(st.integers(0, 19)):  # 19 in 20: a legal token
+            ids.append(allowed[pick % len(allowed)])
+        else:
+            token = pick % len(tok.vocab)
+            legal &= ended or token in allowed or token == tok.pad_id
+            ids.append(token)
+        ended |= ids[-1] == tok.end_id and (legal or ended)
+    return tok, ids, legal
+
+
+@given(walk=token_walks())
+def test_decode_accepts_exactly_what_allowed_next_allows(
+    walk: tuple[MusicTokenizer, list[int], bool],
+) -> None:
+    tok, ids, legal = walk
+    if not legal:
+        with pytest.raises(ValueError, match=r"MusicTokenizer.decode: token .* at position \d+"):
+            tok.decode(ids)
+        return
+    piece = tok.decode(ids)
+    assert tok.quantize(piece) == piece
+    assert tok.decode(tok.encode(piece)) == piece
+
+
+# -- grammar -------------------------------------------------------------------------------
+
+T0, T1, T2 = (TOK.time_ids[0], TOK.vocab.token_to_id("<TIME:+1.0>"), TOK.time_ids[-1])
+N, V, D = TOK.note_ids[0], TOK.voice_ids[0], TOK.dur_ids[0]
+S, E, B, R, P = TOK.start_id, TOK.end_id, TOK.bar_id, TOK.rest_id, TOK.pad_id
+NOTES, VOICES, DURS, TIMES_ALL = (
+    list(TOK.note_ids), list(TOK.voice_ids), list(TOK.dur_ids), list(TOK.time_ids)
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "prefix, allowed",
+    [
+        ([], [S]),
+        ([P, P], [S]),
+        ([S], [E, R, *NOTES]),
+        ([P, S], [E, R, *NOTES]),
+        ([S, N], VOICES),
+        ([S, N, V], DURS),
+        ([S, N, V, D], TIMES_ALL),
+        ([S, N, V, D, T0], [E, *NOTES]),  # a chord goes on, or the piece ends
+        ([S, N, V, D, T1], [B, R, *NOTES]),
+        ([S, R], TIMES_ALL[1:]),  # a rest must advance time
+        ([S, R, T1], [R, *NOTES]),  # no bar line before the first note
+        ([S, R, T2, R, T1], [R, *NOTES]),
+        ([S, N, V, D, T2, R], TIMES_ALL[1:]),
+        ([S, N, V, D, T2, R, T1], [B, R, *NOTES]),
+        ([S, N, V, D, T2, R, T2, R, T1], [B, R, *NOTES]),
+        ([S, N, V, D, T1, B], [B, *NOTES]),
+        ([S, N, V, D, T0, E], [P]),
+        ([S, N, V, D, T0, E, P, P], [P]),
+        ([R, T1], [R, *NOTES]),  # a window without <START> starts before the first note
+    ],
+)
+def test_allowed_next_by_state(prefix: list[int], allowed: list[int]) -> None:
+    assert sorted(TOK.allowed_next(prefix)) == sorted(allowed)
+
+
+class _CountingList(list):
+    """A list that counts element reads, to check that the grammar reads a bounded suffix."""
+
+    reads = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        type(self).reads += 1
+        return super().__getitem__(index)
+
+
+def test_allowed_next_reads_a_bounded_suffix_of_long_prefixes() -> None:
+    # Two bars of notes, chords and a long rest, repeated to 200 bars (2,201 tokens).
+    bar = [NoteEvent(60, 1, 0.0, 1.0), NoteEvent(48, 4, 0.0, 2.0), NoteEvent(62, 1, 1.0, 0.5),
+           NoteEvent(64, 1, 14.5, 1.0, bar=1)]  # fmt: skip
+    piece = [NoteEvent(e.pitch, e.voice, e.onset + 16 * k, e.duration, e.bar + 2 * k)
+             for k in range(100) for e in bar]  # fmt: skip
+    ids = TOK.encode(piece)
+    assert len(ids) > 2000 and ids.count(TOK.rest_id) == 200
+    reads = []
+    for k in range(len(ids)):
+        prefix = _CountingList(ids[:k])
+        _CountingList.reads = 0
+        assert ids[k] in TOK.allowed_next(prefix)
+        reads.append(_CountingList.reads)
+    # 2 reads after a note's TIME, 4 after the TIME of its first rest pair, 2 more per pair.
+    assert max(reads) == 6 and reads[-300:] == reads[-1400:-1100]
+
+
+@settings(max_examples=6)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([1.0, 20.0]),
+    temperature=st.floats(0.5, 2.0),
+)
+def test_generation_under_the_grammar_always_decodes(
+    seed: int, scale: float, temperature: float
+) -> None:
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=len(TOK.vocab), n_layer=1, d_model=16, n_head=2, block_size=64)
+    model = GPT(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(scale)  # x20: far from uniform logits, the model pushes against the grammar
+    prompt = torch.full((8, 1), TOK.start_id)
+    out = generate(
+        model, prompt, 63, allowed_next=TOK.allowed_next, temperature=temperature,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    assert out.shape == (8, 64)
+    notes = 0
+    for row in out.tolist():
+        piece = TOK.decode(row)
+        assert TOK.quantize(piece) == piece
+        assert TOK.decode(TOK.encode(piece)) == piece
+        notes += len(piece)
+    assert notes > 0
+
+
+# -- decode --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ids, match",
+    [
+        ([S, N, N], r"token <NOTE:A#1> \(id 5\) at position 2 cannot follow <NOTE:A#1>; "
+                    r"allowed there: <VOICE:\*>"),
+        ([S, B], r"position 1 cannot follow <START>; allowed there: <END>, <NOTE:\*>, <REST>"),
+        ([S, R, T1, B], r"token <BAR> \(id 3\) at position 3 cannot follow <TIME:\+1.0>"),
+        ([S, N, V, D, T0, B], "position 5 cannot follow <TIME:\\+0.0>"),
+        ([S, N, V, D, T1, E], "position 5"),  # a piece ends right after a chord's last note
+        ([S, R, T0], r"allowed there: <TIME:\+t> with t > 0"),
+        ([S, N, V, D, T0, S], "position 5"),
+        ([V], "position 0 cannot follow the beginning"),
+    ],
+)  # fmt: skip
+def test_decode_names_the_position_and_the_token(ids: list[int], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TOK.decode(ids)
+
+
+def test_decode_skips_padding_stops_at_end_and_drops_a_cut_off_event() -> None:
+    piece = TOK.quantize([NoteEvent(60, 1, 0.0, 1.0), NoteEvent(62, 2, 0.5, 1.0, bar=1)])
+    ids = TOK.encode(piece)
+    assert TOK.decode([P, P, *ids]) == piece
+    assert TOK.decode([*ids, N, N, S]) == piece  # nothing after <END> is read
+    assert TOK.decode(torch.tensor(ids)) == piece
+    assert TOK.decode(ids[1:]) == piece  # <START> is optional
+    body = ids[:-1]
+    for cut in ([N], [N, V], [N, V, D]):
+        assert TOK.decode([*body, *cut]) == piece
+    gap = TOK.encode([NoteEvent(60, 1, 0.0, 1.0), NoteEvent(62, 1, 10.0, 1.0)])
+    assert _names(TOK, gap[4:7]) == ["<TIME:+8.0>", "<REST>", "<TIME:+2.0>"]
+    assert TOK.decode(gap[:6]) == [NoteEvent(60, 1, 0.0, 1.0)]  # cut after a <REST>
+    assert TOK.decode([*body, N, V, D, T0]) == sort_events(
+        [*piece, NoteEvent(34, 1, 0.5, 0.125, 1)]
+    )
+    with pytest.raises(IndexError, match="id 93 at position 1 is not a token id"):
+        TOK.decode([S, 93])
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_pitch": -1}, r"min_pitch must be an int MIDI pitch in \[0, 127\], got -1"),
+        ({"max_pitch": 128}, r"max_pitch must be an int MIDI pitch in \[0, 127\], got 128"),
+        ({"min_pitch": 60, "max_pitch": 59}, r"max_pitch must be >= min_pitch \(60\), got 59"),
+        ({"voices": 0}, "voices must be an int >= 1, got 0"),
+        ({"durations": ()}, r"durations must be a non-empty strictly increasing .* got \[\]"),
+        ({"durations": (1.0, 0.5)}, r"durations must be .* got \[1.0, 0.5\]"),
+        ({"durations": (0.0, 1.0)}, r"durations must be .* > 0, got \[0.0, 1.0\]"),
+        ({"durations": (float("nan"),)}, "durations must be .* finite"),
+        ({"time_steps": (0.25, 0.5)}, r"time_steps must be .* starting with 0.0.* \[0.25, 0.5\]"),
+        ({"time_steps": (0.0,)}, r"time_steps must be .* with a nonzero one, got \[0.0\]"),
+        ({"time_steps": (0.0, 0.5, 0.75)}, r"multiples of the smallest nonzero step 0.5, got 0.75"),
+        ({"time_steps": "0.5"}, "time_steps must be"),
+    ],
+)
+def test_constructor_errors_name_the_parameter(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MusicTokenizer(**kwargs)
+
+
+def test_quantize_and_lookups_refuse_what_the_vocabulary_lacks() -> None:
+    with pytest.raises(ValueError, match=r"events\[1\] has pitch 90 outside the tokenizer's "
+                                         r"range \[34, 83\] \(A#1 to B5\)"):  # fmt: skip
+        TOK.encode([NoteEvent(60, 1, 0.0, 1.0), NoteEvent(90, 1, 0.0, 1.0)])
+    with pytest.raises(ValueError, match=r"events\[0\] has voice 5; .* voices 1..4"):
+        TOK.quantize([NoteEvent(60, 5, 0.0, 1.0)])
+    with pytest.raises(TypeError, match=r"events\[0\] must be a NoteEvent, got tuple"):
+        TOK.quantize([(60, 1, 0.0, 1.0)])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"pitch 33 is outside the tokenizer's range"):
+        TOK.note_id(33)
+    with pytest.raises(ValueError, match=r"id 4 is not a NOTE id; NOTE ids are 5..54"):
+        TOK.pitch_of(4)
+    with pytest.raises(ValueError, match="id 93 at position 1 is not a token id"):
+        TOK.allowed_next([S, 93])
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+@tmp_path_ok
+@given(name=st.sampled_from(sorted(TOKENIZERS)))
+def test_save_load_round_trips_ids_and_grid(tmp_path: Path, name: str) -> None:
+    tok = TOKENIZERS[name]
+    path = tmp_path / f"{name}.json"
+    tok.save(path)
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    assert (payload["kind"], payload["format"]) == ("music", 1)
+    for back in (MusicTokenizer.load(path), load_tokenizer(path), MusicTokenizer.from_dict(
+        tok.to_dict())):  # fmt: skip
+        assert isinstance(back, MusicTokenizer)
+        assert back.vocab == tok.vocab and back.vocab.tokens == tok.vocab.tokens
+        assert (back.durations, back.time_steps, back.grid) == (
+            tok.durations, tok.time_steps, tok.grid
+        )  # fmt: skip
+        assert (back.min_pitch, back.max_pitch, back.voices) == (
+            tok.min_pitch, tok.max_pitch, tok.voices
+        )  # fmt: skip
+        piece = [NoteEvent(tok.max_pitch, tok.voices, 1.0, 1.0)]
+        assert back.encode(piece) == tok.encode(piece)
+
+
+def test_tokenizer_files_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "tok.json"
+    TOK.save(path)
+    with pytest.raises(ValueError, match="holds a 'music' tokenizer, not 'char'"):
+        CharTokenizer.load(path)
+    payload = TOK.to_dict()
+    other = MusicTokenizer(voices=3).vocab.to_dict()
+    with pytest.raises(ValueError, match="is not the one its config builds"):
+        MusicTokenizer.from_dict({**payload, "vocab": other})
+    with pytest.raises(ValueError, match="unsupported format 2"):
+        MusicTokenizer.from_dict({**payload, "format": 2})
+    with pytest.raises(ValueError, match="expected kind 'music', got 'char'"):
+        MusicTokenizer.from_dict({**payload, "kind": "char"})
+    with pytest.raises(ValueError, match="needs 'vocab' and a 'config'"):
+        MusicTokenizer.from_dict({**payload, "config": {"voices": 4}})
+    with pytest.raises(ValueError, match="voices must be an int >= 1, got 0"):
+        MusicTokenizer.from_dict({**payload, "config": {**payload["config"], "voices": 0}})
+    path.write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        MusicTokenizer.load(path)
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(music_module)
+    assert result.attempted > 0 and result.failed == 0
