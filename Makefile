@@ -1,10 +1,11 @@
-# Two entry points (see README.md): `make run` trains on the default data; `make test` runs the suite.
+# Two entry points (see README.md): `make run` trains on the default data (Bach chorales);
+# `make test` runs the suite. `make run-text` trains the character model on Python's stdlib.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run run-text test lint bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The main job: a GPT on the Bach chorales (music21's corpus, parsed once and cached), bounded
+# to a few minutes of training, then samples as MIDI/MusicXML, plots and a results table.
 run: $(STAMP)
+	$(BIN)/python examples/bach.py --out-dir runs/bach --budget-minutes 4
+
+run-text: $(STAMP)
 	$(BIN)/python examples/train_text.py --out-dir runs/text
 
 test: $(STAMP)

@@ -70,3 +70,59 @@ def test_readme_python_snippet_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("def ")
+
+
+BACH_TINY = [
+    "--n-layer", "1", "--n-head", "2", "--d-model", "32", "--d-ff", "64", "--block-size", "64",
+    "--batch-size", "4", "--evals", "2", "--eval-samples", "2", "--final-samples", "3",
+    "--sample-tokens", "60",
+]  # fmt: skip
+
+
+def _midi_folder(folder: Path, n: int = 24) -> None:
+    """Four-voice pieces on a sixteenth grid, each with its own soprano tune."""
+    from transformer_kit.data import write_midi
+    from transformer_kit.tokenization.events import NoteEvent
+
+    rng = __import__("random").Random(0)
+    folder.mkdir()
+    for i in range(n):
+        piece = [
+            NoteEvent(base + rng.randrange(0, 7), voice, float(beat), 1.0, bar=beat // 4)
+            for beat in range(16)
+            for voice, base in enumerate((67, 60, 55, 43), start=1)
+        ]
+        write_midi(piece, folder / f"piece_{i:02d}.mid")
+
+
+@pytest.mark.slow
+def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
+    pytest.importorskip("music21")
+    _midi_folder(tmp_path / "midi")
+    out = tmp_path / "run"
+    args = ["--midi-dir", str(tmp_path / "midi"), "--out-dir", str(out), *BACH_TINY]
+    script = str(ROOT / "examples" / "bach.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(
+        [sys.executable, script, *args, "--max-steps", "6"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    for name in ["metrics.jsonl", "tokenizer.json", "loss.png", "music.png", "results.md"]:
+        assert (out / name).exists(), name
+    assert (out / "checkpoints" / "best.pt").exists()
+    assert sorted(p.suffix for p in (out / "samples").iterdir())[:2] == [".mid", ".mid"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 6 and results["decodable"] == 1.0
+    assert 0.0 <= results["overall_score_samples"] <= 100.0
+    evaluations = [r for r in read_metrics(out / "metrics.jsonl") if "music_score" in r]
+    assert [r["step"] for r in evaluations] == [3, 6]
+    assert all("music_combined" in r and "music_out_of_key" in r for r in evaluations)
+
+    again = subprocess.run(
+        [sys.executable, script, *args, "--resume"], capture_output=True, text=True, timeout=600,
+        env=env,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # nothing logged twice

@@ -90,6 +90,7 @@ class BarPositionFeatures(nn.Module):
         self.max_steps = max_steps
         self.unknown = max_steps + 1
         """Embedding row of the unknown position (before the first reset token)."""
+        self.steps: Tensor
         steps = torch.tensor([round(v / resolution) for v in values], dtype=torch.long)
         self.register_buffer("steps", steps, persistent=False)  # (V,) grid steps per id
         self.embedding = nn.Embedding(max_steps + 2, d_model)
