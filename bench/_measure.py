@@ -8,6 +8,7 @@ repeat (A B, B A, ...) so drift on a shared machine hits both sides alike, and r
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import json
 import os
@@ -63,10 +64,12 @@ def peak_rss_mib(run: Callable[[], object]) -> float:
 
     torch's CPU allocations bypass tracemalloc, so this reads the kernel's counters instead.
     Linux resets the high-water mark (VmHWM) when "5" is written to /proc/self/clear_refs
-    (proc(5)); the peak is then VmHWM after the run minus VmRSS before it. Where that file cannot
+    (proc(5)); the peak is then VmHWM after the run minus VmRSS before it, measured after freed
+    heap memory has been returned to the kernel. Where that file cannot
     be written, it falls back to the growth of `ru_maxrss`, which misses memory freed and reused
     below an earlier peak, so it can only under-report.
     """
+    _release_free_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -77,6 +80,18 @@ def peak_rss_mib(run: Callable[[], object]) -> float:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         run()
         return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def _release_free_memory() -> None:
+    """Hand memory that is free but still mapped back to the kernel (glibc's `malloc_trim`).
+
+    Otherwise a case that freed memory while it was set up (a converted copy of a model, say)
+    reuses those resident pages and shows a peak near 0. Without glibc this does nothing.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _proc_status_kib(field: str) -> int:

@@ -1,22 +1,24 @@
 """Generation speed and peak memory: the kit with and without its KV cache vs plain recompute.
 
-Greedy decoding of 1000 new tokens at batch 1 from a 4-layer, d=256 GPT with block 1024. Three
+Greedy decoding of 1000 new tokens at batch 1 from a 4-layer, d=256 GPT with block 1024. The
 cases, timed interleaved in one process from the same weights:
 
-- ours_cached: `sampling.generate(model, ids, n, temperature=0, use_cache=True)`, or, before
-  `generate` had `use_cache`, the same loop written against `model.new_cache` (see "cache_path");
-- ours_recompute: `generate(..., use_cache=False)` (or `generate` as it was: full recompute);
+- ours_cached: `sampling.generate(model, ids, n, temperature=0, num_threads=1)`, the documented
+  exact fast path (KV cache, inference mode, one intra-op thread at batch 1);
+- ours_cached_float16: the same on `models.pack_float16_linears(model)`, whose Linear
+  weights are rounded to float16 (approximate: token and logit agreement are reported);
+- ours_cached_2threads: ours_cached with `num_threads=2`, to show what the thread count does;
+- ours_recompute: `generate(..., use_cache=False)`, at the process's threads;
 - reference_recompute: `reference_gpt.generate_recompute`, the plain model rerun on the whole
-  cropped context per token.
+  cropped context per token, at the process's threads.
 
-    python bench/bench_generate.py           # a few minutes
-    python bench/bench_generate.py --quick   # a tiny model, seconds
+    python bench/bench_generate.py --threads 1   # several minutes: recompute is slow
+    python bench/bench_generate.py --quick       # a tiny model, seconds
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +26,9 @@ from collections.abc import Callable, Sequence
 import torch
 from _measure import environment, interleaved, median, peak_rss_mib, run_memory_case
 from reference_gpt import ReferenceGPT, generate_recompute, load_kit_state_dict
-from torch import Tensor
+from torch import Tensor, nn
 
-from transformer_kit.models import GPT, GPTConfig
+from transformer_kit.models import GPT, GPTConfig, pack_float16_linears
 from transformer_kit.sampling import generate
 
 __all__ = ["main"]
@@ -39,7 +41,9 @@ SHAPES = {
 }
 # Prompt + new tokens fit in the block, so no case ever crops or slides its window.
 LENGTHS = {"full": (16, 1000), "tiny": (4, 40)}
-CASES = ("ours_cached", "ours_recompute", "reference_recompute")
+CACHED = ("ours_cached", "ours_cached_float16", "ours_cached_2threads")
+RECOMPUTE = ("ours_recompute", "reference_recompute")
+CASES = CACHED + RECOMPUTE
 TARGET_SPEEDUP = 10.0
 TARGET_SECONDS = 2.0
 
@@ -58,8 +62,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     runs, tokens = {}, {}
     for case in CASES:
         runs[case], tokens[case] = _case(name, case)
-    seconds = interleaved(runs, repeats=repeats)
-    cached, recompute, reference = (median(seconds[case]) for case in CASES)
+    # Recompute runs take minutes each, so they get their own (smaller) number of repeats.
+    seconds = interleaved({case: runs[case] for case in CACHED}, repeats=repeats)
+    recompute_repeats = 1 if args.quick else args.recompute_repeats
+    seconds |= interleaved({case: runs[case] for case in RECOMPUTE}, repeats=recompute_repeats)
+    cached, float16, two_threads, recompute, reference = (median(seconds[c]) for c in CASES)
+
+    def agree(a: str, b: str) -> dict[str, object]:
+        return _agreement(tokens[a][0], tokens[b][0], LENGTHS[name][0])
+
     result: dict[str, object] = {
         "benchmark": "generate",
         "environment": environment(),
@@ -69,22 +80,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "prompt_tokens": LENGTHS[name][0],
         "new_tokens": LENGTHS[name][1],
         "batch": 1,
-        "repeats": repeats,
-        "cache_path": _cache_path(),
-        "seconds": {"ours_cached": cached, "ours_recompute": recompute, "reference": reference},
+        "repeats": {"cached": repeats, "recompute": recompute_repeats},
+        "seconds": {
+            "ours_cached": cached,
+            "ours_cached_float16": float16,
+            "ours_cached_2threads": two_threads,
+            "ours_recompute": recompute,
+            "reference": reference,
+        },
         "seconds_all": seconds,
         "speedup_cached_vs_reference": reference / cached,
         "speedup_cached_vs_ours_recompute": recompute / cached,
         "ours_recompute_vs_reference": reference / recompute,
+        # Paired per repeat, as the training benchmark quotes its ratios.
+        "speedup_float16_vs_cached": _paired(seconds, "ours_cached", "ours_cached_float16"),
+        "speedup_1thread_vs_2threads": _paired(seconds, "ours_cached_2threads", "ours_cached"),
         "targets": {"speedup": TARGET_SPEEDUP, "cached_seconds": TARGET_SECONDS},
         "tokens_agree": {
-            "cached_vs_recompute": _agreement(
-                tokens["ours_cached"][0], tokens["ours_recompute"][0]
-            ),
-            "ours_vs_reference": _agreement(
-                tokens["ours_recompute"][0], tokens["reference_recompute"][0]
-            ),
+            "cached_vs_recompute": agree("ours_cached", "ours_recompute"),
+            "ours_vs_reference": agree("ours_recompute", "reference_recompute"),
+            "float16_vs_float32": agree("ours_cached_float16", "ours_cached"),
         },
+        "float16_logits": _logit_drift(name, tokens["ours_cached"][0]),
     }
     if not args.no_memory:
         peaks = {case: _peak(case, quick=args.quick) for case in CASES}
@@ -101,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, for the tests")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved timing repeats")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the cached cases")
+    parser.add_argument(
+        "--recompute-repeats", type=int, default=1, help="repeats of the recompute cases"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--memory-case", default="", choices=("", *CASES), help=argparse.SUPPRESS)
@@ -123,12 +143,6 @@ def _prompt(name: str, length: int) -> Tensor:
     return torch.randint(VOCAB_SIZE, (1, length), generator=generator)  # (1, P)
 
 
-def _cache_path() -> str:
-    if "use_cache" in inspect.signature(generate).parameters:
-        return "generate(use_cache=True)"
-    return "manual loop over model.new_cache (generate had no use_cache yet)"
-
-
 def _decoder(
     name: str, case: str, *, prompt_tokens: int | None = None, new_tokens: int | None = None
 ) -> Callable[[], Tensor]:
@@ -136,16 +150,13 @@ def _decoder(
     ours, reference = _models(name)
     ids = _prompt(name, prompt_tokens or LENGTHS[name][0])
     n = LENGTHS[name][1] if new_tokens is None else new_tokens
-    has_flag = "use_cache" in inspect.signature(generate).parameters
     if case == "reference_recompute":
         return lambda: generate_recompute(reference, ids, n)
     if case == "ours_recompute":
-        if has_flag:
-            return lambda: generate(ours, ids, n, temperature=0.0, use_cache=False)
-        return lambda: generate(ours, ids, n, temperature=0.0)
-    if has_flag:
-        return lambda: generate(ours, ids, n, temperature=0.0, use_cache=True)
-    return lambda: _generate_cached(ours, ids, n)
+        return lambda: generate(ours, ids, n, temperature=0.0, use_cache=False)
+    model: nn.Module = pack_float16_linears(ours) if case == "ours_cached_float16" else ours
+    threads = 2 if case == "ours_cached_2threads" else 1
+    return lambda: generate(model, ids, n, temperature=0.0, num_threads=threads)
 
 
 @torch.no_grad()
@@ -176,11 +187,39 @@ def _case(name: str, case: str) -> tuple[Callable[[], float], list[Tensor]]:
     return run, outputs
 
 
-def _agreement(a: Tensor, b: Tensor) -> dict[str, object]:
-    """Whether two greedy outputs match, and how many new tokens agree before they part."""
+def _paired(seconds: dict[str, list[float]], slow: str, fast: str) -> float:
+    """The median over repeats of `slow / fast`, each ratio from runs made side by side."""
+    return median([s / f for s, f in zip(seconds[slow], seconds[fast], strict=True)])
+
+
+def _agreement(a: Tensor, b: Tensor, prompt: int) -> dict[str, object]:
+    """Whether two greedy outputs match, where they part, and the share of equal new tokens."""
     differ = (a != b).nonzero()
     first = int(differ[0, 1]) if len(differ) else a.size(1)
-    return {"equal": bool(torch.equal(a, b)), "first_difference": first}
+    return {
+        "equal": bool(torch.equal(a, b)),
+        "first_difference": first,
+        "identical_fraction": float((a[:, prompt:] == b[:, prompt:]).float().mean()),
+    }
+
+
+def _logit_drift(name: str, sequence: Tensor) -> dict[str, float]:
+    """How far float16 Linear weights move the logits along one float32 greedy sequence.
+
+    Both models read the same tokens (teacher forcing), so the difference is that of the
+    weights alone, not of two sequences that went apart.
+    """
+    ours, _ = _models(name)
+    with torch.inference_mode():
+        exact = ours(sequence).logits  # (1, L, V)
+        approximate = pack_float16_linears(ours)(sequence).logits  # (1, L, V)
+    top2 = exact.topk(2, dim=-1).values  # (1, L, 2)
+    return {
+        "max_abs_diff": float((approximate - exact).abs().max()),
+        "logit_std": float(exact.std()),
+        # Greedy choices this close can flip under the drift above.
+        "median_top2_gap": float((top2[..., 0] - top2[..., 1]).median()),
+    }
 
 
 def _peak(case: str, *, quick: bool) -> float:
@@ -194,7 +233,7 @@ def _memory_case(name: str, case: str) -> float:
     # Warm up on the tiny model first, so pages of library code a first call touches are not
     # counted as this model's memory.
     _decoder("tiny", case)()
-    if case == "ours_cached":
+    if case.startswith("ours_cached"):
         decode = _decoder(name, case)
     else:
         # A recompute step holds only its own forward pass, so its peak is that of the longest

@@ -1,18 +1,26 @@
 """Training throughput and peak memory: the kit's GPT + AdamW vs the plain reference GPT.
 
 One training step is forward + backward + optimizer step on a fixed batch of random token ids.
-Ours is `GPT` with `optim.build_optimizer(model, "adamw")`, as the Trainer builds it; the
-reference is `reference_gpt.ReferenceGPT` with plain `torch.optim.AdamW`, starting from the
-same weights. Prints one JSON object.
+Three sides start from the same weights and are timed interleaved:
 
-    python bench/bench_train.py              # the two configs of the issue, a minute or two
-    python bench/bench_train.py --quick      # a tiny config, seconds
+- ours: `GPT` with `optim.build_optimizer(model, "adamw")` (fused AdamW on CPU), as the Trainer
+  builds them;
+- ours_compiled: the same under `torch.compile(model)`, as `TrainerConfig(compile=True)` runs
+  it; its compile time (cold inductor cache) is reported apart;
+- reference: `reference_gpt.ReferenceGPT` with plain `torch.optim.AdamW`.
+
+Prints one JSON object.
+
+    python bench/bench_train.py --threads 1  # the two configs of the issue, a few minutes
+    python bench/bench_train.py --quick      # a tiny config, no compile, seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -67,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     configs = QUICK_CONFIGS if args.quick else CONFIGS
     repeats = 2 if args.quick else args.repeats
+    compiled = not (args.quick or args.no_compile)
     result: dict[str, object] = {"benchmark": "train", "environment": environment()}
     result["vocab_size"] = VOCAB_SIZE
     result["repeats"] = repeats
@@ -74,12 +83,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "in-process VmHWM delta (--quick)" if args.quick else "fresh process per case, VmHWM delta"
     )
     result["target_ratio"] = 1.3
-    result["configs"] = {
-        name: _bench_config(
-            name, shape, repeats, memory=not args.no_memory, fresh_process=not args.quick
-        )
-        for name, shape in configs.items()
-    }
+    # A fresh inductor cache, so the compile time is that of a first run, not a cache hit.
+    with tempfile.TemporaryDirectory(prefix="bench_inductor_") as cache_dir:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
+        result["configs"] = {
+            name: _bench_config(
+                name,
+                shape,
+                repeats,
+                memory=not args.no_memory,
+                fresh_process=not args.quick,
+                compiled=compiled,
+            )
+            for name, shape in configs.items()
+        }
     print(json.dumps(result, indent=2))
     return result
 
@@ -90,6 +107,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled side")
     parser.add_argument("--memory-case", default="", help=argparse.SUPPRESS)  # "config:side"
     return parser.parse_args(argv)
 
@@ -157,20 +175,38 @@ def _train_steps(
 
 
 def _bench_config(
-    name: str, shape: dict[str, int], repeats: int, *, memory: bool, fresh_process: bool
+    name: str,
+    shape: dict[str, int],
+    repeats: int,
+    *,
+    memory: bool,
+    fresh_process: bool,
+    compiled: bool,
 ) -> dict[str, object]:
     batches = _batches(shape)
     sides = {side: _build(shape, side) for side in ("ours", "reference")}
     runs = {side: _train_steps(model, opt, batches) for side, (model, opt) in sides.items()}
     for run in runs.values():
         run(2)  # warm-up: allocator, AdamW state, kernel selection
+    compile_seconds = None
+    if compiled:
+        model, optimizer = _build(shape, "ours")
+        # What TrainerConfig(compile=True) does: the Trainer calls torch.compile on the model.
+        runs["ours_compiled"] = _train_steps(torch.compile(model), optimizer, batches)
+        # The first step compiles forward and backward; the second checks nothing recompiles.
+        compile_seconds = runs["ours_compiled"](2) - runs["ours"](2)
     steps = STEPS[name]
     seconds = interleaved(
         {side: lambda run=run: run(steps) for side, run in runs.items()}, repeats=repeats
     )
     tokens = steps * shape["batch"] * shape["block_size"]
     tokens_per_s = {side: [tokens / s for s in values] for side, values in seconds.items()}
-    paired = [o / r for o, r in zip(tokens_per_s["ours"], tokens_per_s["reference"], strict=True)]
+    # The median of per-repeat ratios pairs runs made side by side: the number to quote.
+    ratios = {
+        side: median([o / r for o, r in zip(values, tokens_per_s["reference"], strict=True)])
+        for side, values in tokens_per_s.items()
+        if side != "reference"
+    }
     result: dict[str, object] = {
         "shape": shape,
         "parameters": {
@@ -180,9 +216,10 @@ def _bench_config(
         "steps_per_measurement": steps,
         "tokens_per_s": {side: median(values) for side, values in tokens_per_s.items()},
         "tokens_per_s_all": tokens_per_s,
-        # The median of per-repeat ratios pairs runs made side by side: the number to quote.
-        "ratio": median(paired),
+        "ratio": ratios["ours"],
+        "ratio_compiled": ratios.get("ours_compiled"),
         "ratio_of_medians": median(tokens_per_s["ours"]) / median(tokens_per_s["reference"]),
+        "compile_seconds": compile_seconds,
     }
     if memory:
         peaks = {side: _peak(name, side, fresh_process) for side in ("ours", "reference")}

@@ -3,10 +3,14 @@
     python examples/bach.py --out-dir runs/bach --budget-minutes 4    # the README's main job
     python examples/bach.py --out-dir runs/bach --resume              # continue from last.pt
     python examples/bach.py --midi-dir my_midi/ --out-dir runs/mine   # your own MIDI folder
+    python examples/bach.py --out-dir runs/bach --evaluate last --temperature 0.8  # sample again
 
 Needs the `music` extra (music21, for the corpus and MIDI/MusicXML files). Writes into --out-dir:
 metrics.jsonl, TensorBoard events (tb/), checkpoints/{last,best}.pt, tokenizer.json, loss.png,
-music.png, samples/*.mid and *.musicxml, results.md and results.json.
+music.png, samples/*.mid and *.musicxml, results.md and results.json. `--evaluate best|last`
+trains nothing: it loads that checkpoint, samples it with the sampling flags given and writes
+the same samples and results into a new folder, eval_<checkpoint>_t<temperature>/, leaving the
+training run's own files as they were.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from transformer_kit.tokenization import MusicTokenizer
 from transformer_kit.tokenization.events import Piece
 from transformer_kit.trainer import Trainer, TrainerConfig
 
+MONITOR = "music_combined"  # what best.pt is chosen by: 0.3 x loss component + 0.7 x music
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -66,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-tokens", type=int, default=1200)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument(
+        "--evaluate",
+        choices=["best", "last"],
+        help="train nothing: sample this checkpoint of --out-dir and write its results",
+    )
     return parser.parse_args(argv)
 
 
@@ -147,10 +158,13 @@ def steps_for_budget(model: GPT, data: TokenDataset, args: argparse.Namespace) -
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     out = args.out_dir
+    if args.evaluate is not None and not (out / "checkpoints").is_dir():
+        raise SystemExit(f"--evaluate {args.evaluate}: no checkpoints/ in --out-dir {out}")
     out.mkdir(parents=True, exist_ok=True)
     pieces = load_pieces(args)
     tokenizer = make_tokenizer(pieces, args)
-    tokenizer.save(out / "tokenizer.json")
+    if args.evaluate is None:
+        tokenizer.save(out / "tokenizer.json")
     streams = {split: encode(tokenizer, pieces[split]) for split in ("train", "val", "test")}
     print(
         {split: f"{len(pieces[split])} pieces, {len(s):,} tokens" for split, s in streams.items()}
@@ -179,6 +193,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     model = GPT(config, position_features=bar_features)
     print(f"model: {model.num_parameters():,} parameters")
+    holdout = pieces["val"] + pieces["test"]
+    profile = music.MusicProfile.from_pieces(pieces["train"])
+    sampler = Sampler(model, tokenizer, args)
+    if args.evaluate is not None:
+        return evaluate_checkpoint(model, sampler, tokenizer, streams, holdout, profile, args)
     train_data = TokenDataset(streams["train"], args.block_size)
 
     run_file = out / "run.json"  # the step count must not change when a run resumes
@@ -196,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     notes = tokenizer.note_ids
     light = PitchShift((-1, 0, 1), note_ids=notes)
-    heavy = PitchShift((-2, -1, 0, 1, 2), note_ids=notes)
+    heavy: PitchShift | Compose = PitchShift((-2, -1, 0, 1, 2), note_ids=notes)
     if args.rhythm:
         heavy = Compose([heavy, RhythmScale.for_tokenizer(tokenizer, factors=(0.5, 2.0))])
     augment = three_stage(light, heavy, seed=args.seed)  # epochs 0-9 none, 10-29 light, 30+ heavy
@@ -214,9 +233,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         time_limit_s=None if args.budget_minutes is None else args.budget_minutes * 60 * 0.85,
         restore_best=True,
     )
-    holdout = pieces["val"] + pieces["test"]
-    profile = music.MusicProfile.from_pieces(pieces["train"])
-    sampler = Sampler(model, tokenizer, args)
     trainer = Trainer(
         model,
         trainer_config,
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             TensorBoardLogger(out / "tb"),
             ConsoleLogger(total_steps=max_steps, every=10),
         ],
-        checkpoints=CheckpointManager(out / "checkpoints", monitor="music_combined", mode="max"),
+        checkpoints=CheckpointManager(out / "checkpoints", monitor=MONITOR, mode="max"),
         augment=augment,
         early_stopping=music.MusicalEarlyStopping(sampler, profile, patience=args.patience),
     )
@@ -237,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     final = trainer.fit()
     wall = time.perf_counter() - start
 
-    results = evaluate_and_write(model, sampler, tokenizer, streams, holdout, profile, args)
+    results = evaluate_and_write(model, sampler, tokenizer, streams, holdout, profile, args, out)
     results.update(steps=trainer.step, train_wall_s=round(wall, 1), params=model.num_parameters())
     results["val_loss_final"] = final.get("val_loss")
     plot_metrics(out / "metrics.jsonl", out / "loss.png")
@@ -252,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     return results
 
 
-def evaluate_and_write(
+def evaluate_checkpoint(
     model: GPT,
     sampler: Sampler,
     tokenizer: MusicTokenizer,
@@ -261,8 +277,31 @@ def evaluate_and_write(
     profile: music.MusicProfile,
     args: argparse.Namespace,
 ) -> dict[str, object]:
-    """Sample the final model, write the samples, and compare them with held-out Bach."""
-    out = args.out_dir
+    """`--evaluate`: load a checkpoint of the run, sample it, write results to a new folder."""
+    manager = CheckpointManager(args.out_dir / "checkpoints", monitor=MONITOR, mode="max")
+    checkpoint = manager.load(args.evaluate)
+    model.load_state_dict(checkpoint["model"])
+    out = args.out_dir / f"eval_{args.evaluate}_t{args.temperature:g}"
+    out.mkdir(exist_ok=True)
+    results = evaluate_and_write(model, sampler, tokenizer, streams, holdout, profile, args, out)
+    results.update(steps=checkpoint["step"], train_wall_s=None, params=model.num_parameters())
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_table(results))
+    print(results_table(results))
+    return results
+
+
+def evaluate_and_write(
+    model: GPT,
+    sampler: Sampler,
+    tokenizer: MusicTokenizer,
+    streams: dict[str, np.ndarray],
+    holdout: list[Piece],
+    profile: music.MusicProfile,
+    args: argparse.Namespace,
+    out: Path,
+) -> dict[str, object]:
+    """Sample the model, write the samples into `out`, and compare them with held-out Bach."""
     model.eval()
     losses = {}
     with torch.no_grad():
@@ -290,6 +329,8 @@ def evaluate_and_write(
     return {
         "val_loss": losses["val"],
         "test_nll": losses["test"],
+        "temperature": args.temperature,
+        "top_k": args.top_k,
         "seconds_1000_tokens": round(seconds_1000, 2),
         "decodable": sum(1 for p in decoded if p) / len(decoded),
         "samples": music.corpus_summary(samples),
@@ -311,10 +352,12 @@ def results_table(results: dict[str, object]) -> str:
         lines.append(f"| {name} (mean) | {samples[key]:.3f} | {bach[key]:.3f} |")
     for key in ("overall_score", "bigram_overlap"):
         lines.append(f"| {key} | {results[f'{key}_samples']:.3f} | {results[f'{key}_bach']:.3f} |")
+    wall = results["train_wall_s"]
+    trained = "" if wall is None else f", training {wall} s"
     lines += [
         "",
-        f"- steps {results['steps']}, training {results['train_wall_s']} s, "
-        f"{results['params']:,} parameters",
+        f"- step {results['steps']}{trained}, {results['params']:,} parameters",
+        f"- samples drawn at temperature {results['temperature']}, top_k {results['top_k']}",
         f"- val loss {results['val_loss']:.4f}, test NLL {results['test_nll']:.4f} (nats/token)",
         f"- overall score: {results['percent_of_bach']:.1f}% of held-out Bach's",
         f"- 1000 tokens generated in {results['seconds_1000_tokens']} s; "

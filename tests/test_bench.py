@@ -17,6 +17,7 @@ from transformer_kit.models import GPT, GPTConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+import bench_decode_options  # noqa: E402
 import bench_generate  # noqa: E402
 import bench_train  # noqa: E402
 from reference_gpt import ReferenceGPT, generate_recompute, load_kit_state_dict  # noqa: E402
@@ -68,6 +69,8 @@ def test_bench_train_quick_prints_its_json(capsys):
     assert printed["environment"]["torch"] == torch.__version__
     tiny = printed["configs"]["tiny"]
     assert set(tiny) >= {"tokens_per_s", "ratio", "peak_mib", "parameters", "memory_ratio"}
+    # --quick skips the compiled side (compiling takes longer than the whole quick run).
+    assert tiny["ratio_compiled"] is None and tiny["compile_seconds"] is None
     assert set(tiny["tokens_per_s"]) == {"ours", "reference"}
     assert all(value > 0 for value in tiny["tokens_per_s"].values())
     assert tiny["parameters"]["ours"] == tiny["parameters"]["reference"]
@@ -77,13 +80,41 @@ def test_bench_generate_quick_prints_its_json(capsys):
     result = bench_generate.main(["--quick"])
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(result))
-    assert set(printed["seconds"]) == {"ours_cached", "ours_recompute", "reference"}
+    assert set(printed["seconds"]) == {
+        "ours_cached",
+        "ours_cached_float16",
+        "ours_cached_2threads",
+        "ours_recompute",
+        "reference",
+    }
     assert set(printed["peak_mib"]) == set(bench_generate.CASES)
     assert printed["speedup_cached_vs_reference"] > 0
     # Reported, not asserted: near-uniform logits of a fresh model may tie-break differently on
     # another CPU; the equivalence itself is tested above on sharp logits.
-    for pair in ("cached_vs_recompute", "ours_vs_reference"):
+    for pair in ("cached_vs_recompute", "ours_vs_reference", "float16_vs_float32"):
         assert isinstance(printed["tokens_agree"][pair]["equal"], bool)
+        assert 0 <= printed["tokens_agree"][pair]["identical_fraction"] <= 1
+    # Float16 weights move the logits, but far less than they spread.
+    drift = printed["float16_logits"]
+    assert 0 < drift["max_abs_diff"] < 0.1 * drift["logit_std"]
+
+
+def test_bench_decode_options_quick_prints_its_json(capsys):
+    result = bench_decode_options.main(["--quick"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(result))
+    assert set(printed["linear_kernels_ms"]) == {
+        "float32_linear",
+        "float32_addmv",
+        "float16_fbgemm",
+        "int8pack_bfloat16_inputs",
+        "int8pack_float32_inputs",
+    }
+    variants = printed["generate"]
+    assert set(variants["seconds"]) == {"float32", "float16", "int8"}
+    # int8 weights with bfloat16 activations move the logits far more than float16 weights.
+    assert 0 < variants["float16"]["max_abs_logit_diff"] < variants["int8"]["max_abs_logit_diff"]
+    assert set(printed["static_step"]["seconds"]) == {"eager"}  # --quick does not compile
 
 
 @pytest.mark.parametrize("case", bench_generate.CASES)

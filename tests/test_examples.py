@@ -126,3 +126,45 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 6  # nothing logged twice
+
+    # --evaluate samples a checkpoint again into its own folder; the run's files stay as they were.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    evaluated = subprocess.run(
+        [sys.executable, script, *args, "--evaluate", "last", "--temperature", "0.8"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    folder = out / "eval_last_t0.8"
+    again_results = json.loads((folder / "results.json").read_text())
+    assert again_results["steps"] == 6 and again_results["temperature"] == 0.8
+    assert again_results["decodable"] == 1.0
+    assert any(p.suffix == ".mid" for p in (folder / "samples").iterdir())
+    assert {p: p.read_bytes() for p in before} == before
+
+    missing = subprocess.run(
+        [sys.executable, script, "--out-dir", str(tmp_path / "nothing"), "--evaluate", "best"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "no checkpoints/" in missing.stderr
+    assert not (tmp_path / "nothing").exists()
+
+    # The CLI samples text runs; on a music run it says how to sample instead.
+    with pytest.raises(SystemExit, match="--evaluate best"):
+        cli.main(["generate", str(out)])
+
+
+def test_cli_generate_refuses_a_model_with_parts_a_plain_gpt_lacks(tmp_path):
+    from transformer_kit.checkpoint import CheckpointManager
+    from transformer_kit.models import GPT, BarPositionFeatures, GPTConfig
+    from transformer_kit.tokenization import CharTokenizer
+
+    tokenizer = CharTokenizer.fit("abc\n")
+    tokenizer.save(tmp_path / "tokenizer.json")
+    config = GPTConfig(vocab_size=len(tokenizer.vocab), n_layer=1, d_model=16, block_size=8)
+    times = [0.0] * len(tokenizer.vocab)
+    features = BarPositionFeatures(16, time_values=times, bar_id=1, resolution=0.5)
+    model = GPT(config, position_features=features)
+    state = {"model": model.state_dict(), "config": config.to_dict(), "step": 1}
+    CheckpointManager(tmp_path / "checkpoints").save(state, step=1)
+    with pytest.raises(SystemExit, match=r"lacks \(position_features\)"):
+        cli.main(["generate", str(tmp_path), "--checkpoint", "last", "--prompt", "a"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import doctest
 import functools
+import importlib
 import itertools
 import json
 import math
@@ -27,6 +30,7 @@ from transformer_kit.models import (
     NormKind,
     PositionKind,
 )
+from transformer_kit.models.layers import Float16Linear, pack_float16_linears
 from transformer_kit.models.positional import alibi_slopes, apply_rope
 
 # Shapes: B batch, T time, C d_model, H heads, K kv heads, D head dim, F ff dim, V vocab.
@@ -1254,3 +1258,69 @@ def test_attention_mask_must_cover_every_slot_seen() -> None:
             model(_ids(2, 1), cache=cache, attention_mask=torch.ones(2, 1, dtype=torch.bool))
         with pytest.raises(ValueError, match=r"attention_mask must have shape .* \(2, 3\), got"):
             model(_ids(2, 3), attention_mask=torch.ones(3, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Float16 Linear weights for CPU decoding
+
+needs_fbgemm = pytest.mark.skipif(
+    "fbgemm" not in torch.backends.quantized.supported_engines, reason="fbgemm is x86-only"
+)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("tie_weights", [True, False])
+@pytest.mark.parametrize("mlp", MLPS)
+def test_float16_linears_equal_float32_linears_with_rounded_weights(
+    mlp: str, tie_weights: bool
+) -> None:
+    model = _model(seed=6, n_head=4, n_kv_head=2, mlp=mlp, tie_weights=tie_weights)
+    _scramble(model, seed=7)
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    packed = pack_float16_linears(model)
+    # The same model with every converted weight rounded to float16 and computed in float32.
+    rounded = copy.deepcopy(model).eval()
+    converted = [
+        name for name, module in packed.named_modules() if isinstance(module, Float16Linear)
+    ]
+    with torch.no_grad():
+        for name in converted:
+            weight = rounded.get_submodule(name).weight
+            weight.copy_(weight.half().float())
+    ids = _ids(2, BLOCK, seed=8)
+    cache = packed.new_cache(2)
+    with torch.no_grad():
+        expected = rounded(ids).logits
+        full = packed(ids).logits
+        steps = [packed(ids[:, :3], cache=cache).logits]
+        steps += [packed(ids[:, t : t + 1], cache=cache).logits for t in range(3, BLOCK)]
+        float32 = model(ids).logits
+    assert_close(full, expected, rtol=1e-4, atol=1e-4)
+    assert_close(torch.cat(steps, dim=1), expected, rtol=1e-4, atol=1e-4)
+    assert 0 < (full - float32).abs().max() < 0.05  # rounded, but only just
+    n_linear = 4 * model.config.n_layer + (0 if tie_weights else 1)
+    assert len(converted) == n_linear and not packed.training
+    assert isinstance(packed.head, Float16Linear) != tie_weights
+    if tie_weights:
+        assert packed.head.weight is packed.tok_emb.weight
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+
+
+@needs_fbgemm
+def test_float16_linear_refuses_weights_it_cannot_pack() -> None:
+    with pytest.raises(ValueError, match=r"float32 CPU weight, got torch.float64 on cpu"):
+        Float16Linear(nn.Linear(4, 2).double())
+    with pytest.raises(ValueError, match=r"float32 CPU weight, got torch.float64"):
+        pack_float16_linears(nn.Sequential(nn.Linear(4, 2)).double())
+
+
+# ---------------------------------------------------------------------------------------------
+# Documentation
+
+
+@pytest.mark.parametrize(
+    "name", ["config", "positional", "layers", "attention", "cache", "gpt", "features"]
+)
+def test_docstring_examples_run(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(f"transformer_kit.models.{name}"))
+    assert result.attempted > 0 and result.failed == 0

@@ -176,6 +176,45 @@ def test_adamw_first_step_matches_a_hand_computed_update():
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
 
 
+def test_adamw_uses_the_fused_kernel_on_cpu_and_matches_the_per_tensor_loop():
+    torch.manual_seed(0)
+    fused_model = TinyLM(tied=False)
+    loop_model = copy.deepcopy(fused_model)
+    start = fused_model.fc1.weight.detach().clone()
+    fused = build_optimizer(fused_model, "adamw", lr=0.05, weight_decay=0.3)
+    assert fused.defaults["fused"] is True
+    decayed, plain = (
+        group["params"] for group in build_optimizer(loop_model, "adamw", lr=1).param_groups
+    )
+    loop = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": 0.3}, {"params": plain, "weight_decay": 0.0}],
+        lr=0.05,
+        betas=(0.9, 0.95),
+        foreach=False,
+    )
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    for step in range(6):
+        if step == 3:  # the fused state loads into the loop optimizer: the same format
+            loop.load_state_dict(copy.deepcopy(fused.state_dict()))
+        for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+            optimizer.zero_grad()
+            model(ids).square().mean().backward()
+            optimizer.step()
+        for (name, got), want in zip(
+            fused_model.named_parameters(), loop_model.parameters(), strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=name)
+    assert (fused_model.fc1.weight - start).abs().mean() > 0.05  # six real steps were taken
+
+
+def test_adamw_leaves_the_kernel_to_torch_where_fused_cannot_run():
+    model = TinyLM(tied=False).to("meta")
+    assert build_optimizer(model, "adamw", lr=1e-3).defaults["fused"] is None
+    complex_model = TinyLM(tied=False)
+    complex_model.phase = nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    assert build_optimizer(complex_model, "adamw", lr=1e-3).defaults["fused"] is None
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_muon_gets_only_the_2d_hidden_matrices(tied):
     model = _gpt(tied=tied)

@@ -22,9 +22,9 @@ PUBLIC = {
         "Tokenizer", "Vocabulary", "load_tokenizer",
     ],
     "models": [
-        "BarPositionFeatures", "Block", "CausalSelfAttention", "GPT", "GPTConfig", "KVCache", "MLP",
-        "MlpKind",
-        "NormKind", "Output", "PositionKind", "SwiGLU",
+        "BarPositionFeatures", "Block", "CausalSelfAttention", "Float16Linear", "GPT", "GPTConfig",
+        "KVCache", "MLP", "MlpKind", "NormKind", "Output", "PositionKind", "SwiGLU",
+        "pack_float16_linears",
     ],
     "optim": ["CombinedOptimizer", "OptimizerName", "build_optimizer", "parameter_groups"],
     "data": [

@@ -605,6 +605,55 @@ def test_modes_restored_when_the_model_raises():
     assert model.training
 
 
+def test_num_threads_holds_during_generation_and_is_restored():
+    class ThreadRecorder(Bigram):
+        def forward(self, ids):
+            seen.append(torch.get_num_threads())
+            return super().forward(ids)
+
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    out = generate(ThreadRecorder(), torch.tensor([[1]]), 3, temperature=0.0, num_threads=wanted)
+    assert seen == [wanted] * 3 and torch.get_num_threads() == before
+    assert torch.equal(out, generate(Bigram(), torch.tensor([[1]]), 3, temperature=0.0))
+    seen.clear()
+    generate(ThreadRecorder(), torch.tensor([[1]]), 2)  # None: torch's setting is left alone
+    assert seen == [before] * 2
+
+    class Failing(nn.Module):
+        def forward(self, ids):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(Failing(), torch.tensor([[1]]), 1, num_threads=wanted)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_results_are_ordinary_tensors_though_decoding_runs_in_inference_mode(stop):
+    class ModeRecorder(Successor):
+        def forward(self, ids):
+            modes.append(torch.is_inference_mode_enabled())
+            return super().forward(ids)
+
+    modes: list[bool] = []
+    ids = torch.tensor([[1, 2], [3, 4]])
+    out = generate(ModeRecorder(), ids, 4, temperature=0.0, stop_ids=[0] if stop else ())
+    assert modes and all(modes)
+    # Successor emits (id + 1) % 5. Stopping on 0 ends both rows after 3 steps (one unused
+    # column is dropped) and pads row 1, which stopped first.
+    expected = (
+        [[1, 2, 3, 4, 0], [3, 4, 0, 0, 0]] if stop else [[1, 2, 3, 4, 0, 1], [3, 4, 0, 1, 2, 3]]
+    )
+    assert out.tolist() == expected
+    assert not out.is_inference() and out.is_contiguous()
+    out[0, 0] = 2  # an inference tensor would refuse this outside inference mode
+    best, scores = beam_search(Bigram(), ids, 2, 3)
+    assert not best.is_inference() and not scores.is_inference()
+    scores.add_(1.0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -619,6 +668,8 @@ def test_modes_restored_when_the_model_raises():
         ({"repetition_penalty": 0.0}, r"generate: repetition_penalty must be a finite number > 0"),
         ({"presence_penalty": math.nan}, r"generate: presence_penalty must be a finite number"),
         ({"frequency_penalty": math.inf}, r"generate: frequency_penalty must be a finite number"),
+        ({"num_threads": 0}, r"generate: num_threads must be an int >= 1 or None, got 0"),
+        ({"num_threads": True}, r"generate: num_threads must be an int >= 1 or None, got True"),
         ({"stop_sequences": [[1], []]}, r"non-empty token sequences, got \[\] at index 1"),
         ({"ids": torch.tensor([1, 2])}, r"ids must be an integer tensor of shape \(B, T\)"),
         ({"ids": torch.zeros(1, 2)}, r"got dtype torch.float32"),

@@ -22,7 +22,7 @@ from transformer_kit._version import __version__
 from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.logging import plot_metrics
 from transformer_kit.models import GPT, GPTConfig
-from transformer_kit.tokenization import load_tokenizer
+from transformer_kit.tokenization import MusicTokenizer, load_tokenizer
 
 __all__ = ["main"]
 
@@ -30,8 +30,19 @@ __all__ = ["main"]
 def _generate(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     tokenizer = load_tokenizer(run / "tokenizer.json")
+    if isinstance(tokenizer, MusicTokenizer):
+        raise SystemExit(
+            f"generate: {run} is a music run (MusicTokenizer), which takes no text prompt; "
+            f"sample it with: python examples/bach.py --out-dir {run} --evaluate best"
+        )
     state = CheckpointManager(run / "checkpoints").load(args.checkpoint)
     model = GPT(GPTConfig.from_dict(state["config"]))
+    extra = sorted(_parts(state["model"]) - _parts(model.state_dict()))
+    if extra:  # e.g. a position_features module, which the config alone cannot rebuild
+        raise SystemExit(
+            f"generate: the checkpoint's model has parts a plain GPT lacks ({', '.join(extra)}); "
+            "rebuild that model in your own script and call transformer_kit.sampling.generate"
+        )
     model.load_state_dict(state["model"])
     prompt_ids = tokenizer.encode(args.prompt)
     if not prompt_ids:
@@ -51,6 +62,11 @@ def _generate(args: argparse.Namespace) -> int:
         print(tokenizer.decode(row))
         print()
     return 0
+
+
+def _parts(state: dict) -> set[str]:
+    """The top-level module names of a state_dict: 'blocks' for 'blocks.0.attn.qkv.weight'."""
+    return {key.split(".")[0] for key in state}
 
 
 def _plot(args: argparse.Namespace) -> int:

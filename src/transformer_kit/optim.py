@@ -342,7 +342,27 @@ def _adamw(
         ],
         lr=lr,
         betas=betas,
+        fused=_fusable(decayed + not_decayed),
     )
+
+
+def _fusable(params: list[nn.Parameter]) -> bool | None:
+    """True when torch's fused AdamW takes every parameter, else None (torch's own choice).
+
+    The fused kernel updates all tensors of a device and dtype in one call per step, instead of
+    about ten small ops per tensor; on CPU torch does not pick it by itself. For the 0.8M
+    benchmark model it cut the optimizer step from about 8 ms to 3 ms at 1 thread (4 ms to 1 ms
+    at 2), measured side by side (docs/benchmarks.md).
+    It keeps AdamW's state_dict format, so checkpoints move between the two. Plain CPU and CUDA
+    floating-point tensors only: sharded (DTensor) and other parameters keep the default.
+    """
+    fusable = all(
+        type(param.data) is Tensor
+        and param.device.type in ("cpu", "cuda")
+        and param.is_floating_point()
+        for param in params
+    )
+    return True if params and fusable else None
 
 
 def _check_args(name: str, lr: float, weight_decay: float, betas: tuple[float, float]) -> None:

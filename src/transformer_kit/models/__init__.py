@@ -16,7 +16,7 @@ from transformer_kit.models.cache import KVCache
 from transformer_kit.models.config import GPTConfig, MlpKind, NormKind, PositionKind
 from transformer_kit.models.features import BarPositionFeatures
 from transformer_kit.models.gpt import GPT, Block, Output
-from transformer_kit.models.layers import MLP, SwiGLU
+from transformer_kit.models.layers import MLP, Float16Linear, SwiGLU, pack_float16_linears
 
 __all__ = [
     "GPTConfig",
@@ -26,6 +26,8 @@ __all__ = [
     "CausalSelfAttention",
     "MLP",
     "SwiGLU",
+    "Float16Linear",
+    "pack_float16_linears",
     "KVCache",
     "BarPositionFeatures",
     "PositionKind",

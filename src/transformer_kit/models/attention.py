@@ -75,25 +75,29 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=2)  # (B, T, HD), 2 x (B, T, KD)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
-        v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        # One view and one transpose for all three, then a split along the head axis: fewer small
+        # ops than splitting first, which counts when decoding one token at a time.
+        qkv = self.qkv(x).view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, T, D)
+        q, k, v = qkv.split([H, K, K], dim=1)  # (B, H, T, D), (B, K, T, D), (B, K, T, D)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # over D, per head and position
-        slots = torch.arange(start, start + T, device=x.device)  # (T,)
         if self.rope:
-            rotation = slots if positions is None else positions  # (T,) or (B, T)
-            q, k = apply_rope(q, rotation), apply_rope(k, rotation)
+            if positions is None:
+                positions = torch.arange(start, start + T, device=x.device)  # (T,)
+            q, k = apply_rope(q, positions), apply_rope(k, positions)  # positions (T,) or (B, T)
         if kv is not None:
             keys, values = kv
             keys[:, :, start : start + T] = k
             values[:, :, start : start + T] = v
-            # Cast: under autocast q is in the low-precision dtype, the cache in the model's.
-            k = keys[:, :, : start + T].to(q.dtype)  # (B, K, S, D)
-            v = values[:, :, : start + T].to(q.dtype)  # (B, K, S, D)
+            k = keys[:, :, : start + T]  # (B, K, S, D)
+            v = values[:, :, : start + T]  # (B, K, S, D)
+            if k.dtype != q.dtype:
+                # Under autocast q is in the low-precision dtype, the cache in the model's.
+                k, v = k.to(q.dtype), v.to(q.dtype)
 
-        mask = self._mask(slots, start, k.shape[2], q.dtype, key_mask)
+        mask = None  # SDPA's is_causal without a cache; no mask for one new token
+        if self.alibi or key_mask is not None or (start > 0 and T > 1):
+            mask = self._mask(start, T, k.shape[2], q, key_mask)
         y = F.scaled_dot_product_attention(  # scales by 1/sqrt(D) (Vaswani et al. 2017)
             q,
             k,
@@ -104,41 +108,34 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.attn_dropout if self.training else 0.0,
             enable_gqa=K != H,
         )  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
-        return self.dropout(self.proj(y))
+        y = self.proj(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
+        # In eval mode dropout is the identity; skipping the call saves its overhead per token.
+        return self.dropout(y) if self.training else y
 
-    def _mask(
-        self,
-        slots: Tensor,
-        start: int,
-        S: int,
-        dtype: torch.dtype,
-        key_mask: Tensor | None = None,
-    ) -> Tensor | None:
-        """The mask for queries at `slots` (from `start`) over keys 0 .. S - 1, or None.
+    def _mask(self, start: int, T: int, S: int, q: Tensor, key_mask: Tensor | None) -> Tensor:
+        """The mask for T queries at slots `start ..` over keys 0 .. S - 1 (dtype, device of q).
 
-        None lets SDPA use `is_causal` (no cache) or attend everywhere (one new token). With
-        `key_mask` the mask is per row: (B, 1, T, S) bool, or (B, H, T, S) biases for ALiBi.
+        Without `key_mask`: (T, S) bool, or (1, H, T, S) biases for ALiBi. With it the mask is
+        per row: (B, 1, T, S) bool, or (B, H, T, S) biases for ALiBi.
         """
-        key_slots = torch.arange(S, device=slots.device)  # (S,)
-        allowed: Tensor | None = None
-        if key_mask is not None:
-            diagonal = key_slots[None, :] == slots[:, None]  # (T, S)
-            causal = key_slots[None, :] <= slots[:, None]  # (T, S)
-            # A padded query keeps its own key: a row with nothing to attend to would be NaN,
-            # and NaN values at padded slots would leak through the zero weights of later rows.
-            allowed = causal & (key_mask[:, None, :] | diagonal)  # (B, T, S)
+        slots = torch.arange(start, start + T, device=q.device)  # (T,)
+        key_slots = torch.arange(S, device=q.device)  # (S,)
+        bias = None
         if self.alibi:
-            slopes = alibi_slopes(self.n_head, device=slots.device)  # (H,)
-            bias = alibi_bias(slopes, slots, key_slots).to(dtype)  # (H, T, S)
-            if allowed is not None:
-                # Left padding leaves real tokens contiguous, so slot distances are the true ones.
-                return bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (B, H, T, S)
-            # 4-D: torch 2.13's CPU flash kernel takes a (1, H, T, S) mask but sends a 3-D one
-            # to the slower math kernel (checked with torch.profiler).
-            return bias[None]  # (1, H, T, S)
-        if allowed is not None:
-            return allowed[:, None]  # (B, 1, T, S) bool, True = attend
-        if start == 0 or len(slots) == 1:
-            return None
-        return key_slots[None, :] <= slots[:, None]  # (T, S) bool, True = attend
+            slopes = alibi_slopes(self.n_head, device=q.device)  # (H,)
+            bias = alibi_bias(slopes, slots, key_slots).to(q.dtype)  # (H, T, S), causal too
+            if key_mask is None:
+                # 4-D: torch 2.13's CPU flash kernel takes a (1, H, T, S) mask but sends a 3-D
+                # one to the slower math kernel (checked with torch.profiler).
+                return bias[None]  # (1, H, T, S)
+        causal = key_slots[None, :] <= slots[:, None]  # (T, S), True = attend
+        if key_mask is None:
+            return causal
+        diagonal = key_slots[None, :] == slots[:, None]  # (T, S)
+        # A padded query keeps its own key: a row with nothing to attend to would be NaN, and NaN
+        # values at padded slots would leak through the zero weights of later rows.
+        allowed = causal & (key_mask[:, None, :] | diagonal)  # (B, T, S)
+        if bias is not None:
+            # Left padding leaves real tokens contiguous, so slot distances are the true ones.
+            return bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (B, H, T, S)
+        return allowed[:, None]  # (B, 1, T, S) bool, True = attend

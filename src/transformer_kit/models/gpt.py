@@ -209,7 +209,8 @@ class GPT(nn.Module):
             if cache is not None and getattr(self.position_features, "uses_history", False):
                 history = cache.ids[:, : start + T]  # (B, S)
             x = x + self.position_features(history, positions)  # (B, T, C)
-        x = self.drop(x)
+        if self.training:  # dropout is the identity in eval mode; skip its call per token
+            x = self.drop(x)
         recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         per_row = None if key_mask is None else positions  # RoPE angles per row
         for i, block in enumerate(self.blocks):

@@ -59,11 +59,11 @@ def beam_search(
     `num_beams=1` is not greedy decoding: the beam continues past a stop token and may find a
     longer hypothesis that scores better.
 
-    The model runs under `torch.no_grad()` in eval mode on `B * num_beams` sequences per step;
-    training flags are restored afterwards. With `use_cache` and a model that has `new_cache`,
-    each step feeds one new position per beam and the cache rows follow their parent beams
-    (`cache.reorder`); past `block_size` each step prefills the cropped context again, as
-    `generate` does. Without a cache each step recomputes the cropped context.
+    The model runs under `torch.inference_mode()` in eval mode on `B * num_beams` sequences
+    per step; training flags are restored afterwards. With `use_cache` and a model that has
+    `new_cache`, each step feeds one new position per beam and the cache rows follow their
+    parent beams (`cache.reorder`); past `block_size` each step prefills the cropped context
+    again, as `generate` does. Without a cache each step recomputes the cropped context.
 
     Args:
         model: Maps ids `(B, T)` to logits `(B, T, V)`, or to an object with such a `.logits`.
@@ -173,7 +173,8 @@ def beam_search(
             best_length = torch.where(better, N, best_length)
 
     n = int(best_length.max())
-    return torch.cat([ids, best_tokens[:, :n]], dim=1), best_score
+    # Functional ops outside inference mode turn the inference tensors into ordinary ones.
+    return torch.cat([ids, best_tokens[:, :n]], dim=1), best_score.clone()
 
 
 def _padded(prefix: Tensor, token: Tensor, width: int, pad_id: int) -> Tensor:

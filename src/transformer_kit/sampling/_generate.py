@@ -11,7 +11,8 @@ order and draws one token per unfinished row; finished rows are padded.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,7 @@ def generate(
     pad_id: int = 0,
     use_cache: bool = True,
     attention_mask: Tensor | None = None,
+    num_threads: int | None = None,
 ) -> Tensor:
     """Extend each sequence in `ids` by up to `max_new_tokens` sampled tokens.
 
@@ -86,8 +88,9 @@ def generate(
     own tail never completes one. Generation ends early once every row has finished, so the
     result may be shorter than `T + max_new_tokens`.
 
-    The model runs under `torch.no_grad()` in eval mode; every submodule's training flag is
-    restored afterwards, even on error. `ids` is never mutated.
+    The model runs under `torch.inference_mode()` in eval mode; every submodule's training flag
+    is restored afterwards, even on error. `ids` is never mutated, and the result is an
+    ordinary tensor (not an inference tensor), so it can be edited or trained on.
 
     Args:
         model: Maps ids `(B, T)` to logits `(B, T, V)`, or to an object with such a `.logits`.
@@ -120,6 +123,11 @@ def generate(
             different lengths padded on the left (each row False then True). The model must
             take `attention_mask` as `GPT.forward` does (covering every column seen so far);
             generated tokens count as real. Penalties and `allowed_next` still see the pad ids.
+        num_threads: torch's intra-op threads while generating (`torch.set_num_threads`, a
+            process-wide setting, restored afterwards); None leaves them alone. One token at
+            batch 1 is little work to share: on a 2-core CPU busy with other jobs, 2 threads
+            took 16x longer than 1; idle, they were up to 1.3x faster (docs/benchmarks.md).
+            1 is the safe choice for batch-1 decoding on a shared machine.
 
     Returns:
         A new tensor `(B, T + n)` with `n <= max_new_tokens`, whose first `T` columns are `ids`.
@@ -145,38 +153,42 @@ def generate(
         repetition_penalty=repetition_penalty,
         presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty,
+        num_threads=num_threads,
     )
     block_size = _resolve_block_size(model, block_size, "generate")
     stops = _stop_table(stop_ids, stop_sequences, ids)
     mask = _check_attention_mask(attention_mask, ids, "generate")
 
-    out = ids.clone()
-    finished = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-    with _inference(model):
-        if max_new_tokens == 0:
-            return out
+    B, T = ids.shape
+    # Written in place, so it stays an ordinary tensor although the loop runs in inference mode.
+    out = torch.empty(B, T + max_new_tokens, dtype=ids.dtype, device=ids.device)
+    out[:, :T] = ids
+    n = 0  # tokens generated so far
+    with _inference(model), _threads(num_threads):
         next_logits = _Stepper(
             model,
             block_size,
             "generate",
             use_cache=use_cache,
-            batch_size=ids.size(0),
-            max_length=ids.size(1) + max_new_tokens,
+            batch_size=B,
+            max_length=T + max_new_tokens,
             attention_mask=mask,
         )
+        # Rows finish only on a stop sequence: without any, skip the bookkeeping.
+        finished = torch.zeros(B, dtype=torch.bool, device=ids.device) if stops else None
         for step in range(max_new_tokens):
-            if bool(finished.all()):
-                break
-            logits = next_logits(out)  # (B, V)
+            sequence = out[:, : T + step]  # (B, T + step): the prompt and the tokens so far
+            logits = next_logits(sequence)  # (B, V)
             if allowed_next is not None:
-                keep = _allowed_rows(allowed_next, out, finished, logits.size(-1), step)
+                done = torch.zeros(B, dtype=torch.bool) if finished is None else finished
+                keep = _allowed_rows(allowed_next, sequence, done, logits.size(-1), step)
                 logits = logits.masked_fill(~keep, -math.inf)
             if repetition_penalty != 1.0:
-                logits = apply_repetition_penalty(logits, out, repetition_penalty)
+                logits = apply_repetition_penalty(logits, sequence, repetition_penalty)
             if presence_penalty != 0.0:
-                logits = apply_presence_penalty(logits, out, presence_penalty)
+                logits = apply_presence_penalty(logits, sequence, presence_penalty)
             if frequency_penalty != 0.0:
-                logits = apply_frequency_penalty(logits, out, frequency_penalty)
+                logits = apply_frequency_penalty(logits, sequence, frequency_penalty)
             if temperature == 0.0:
                 token = logits.argmax(dim=-1)  # (B,)
             else:
@@ -191,10 +203,29 @@ def generate(
                     logits = logits_filter(logits)
                 probs = torch.softmax(logits, dim=-1)
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-            token = torch.where(finished, pad_id, token.to(ids.dtype))
-            out = torch.cat([out, token[:, None]], dim=1)  # (B, T + step + 1)
-            finished |= _ends_with_stop(out, step + 1, stops)
-    return out
+            n = step + 1
+            if finished is None:
+                out[:, T + step] = token
+                continue
+            out[:, T + step] = torch.where(finished, pad_id, token.to(ids.dtype))
+            finished |= _ends_with_stop(out[:, : T + n], n, stops)
+            if bool(finished.all()):
+                break
+    # A copy when stopped early, so the result never holds on to the unused columns.
+    return out if n == max_new_tokens else out[:, : T + n].clone()
+
+
+@contextmanager
+def _threads(num_threads: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the body and restore them after; None changes nothing."""
+    before = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if num_threads is not None:
+            torch.set_num_threads(before)
 
 
 def _check_arguments(
@@ -207,6 +238,7 @@ def _check_arguments(
     repetition_penalty: float,
     presence_penalty: float,
     frequency_penalty: float,
+    num_threads: int | None,
 ) -> None:
     """Raise a ValueError naming the first out-of-range argument of `generate`."""
     if max_new_tokens < 0:
@@ -236,6 +268,10 @@ def _check_arguments(
             "generate: frequency_penalty must be a finite number (0 disables),"
             f" got {frequency_penalty!r}"
         )
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise ValueError(f"generate: num_threads must be an int >= 1 or None, got {num_threads!r}")
 
 
 def _stop_table(
