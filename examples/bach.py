@@ -9,8 +9,8 @@ Needs the `music` extra (music21, for the corpus and MIDI/MusicXML files). Write
 metrics.jsonl, TensorBoard events (tb/), checkpoints/{last,best}.pt, tokenizer.json, loss.png,
 music.png, samples/*.mid and *.musicxml, results.md and results.json. `--evaluate best|last`
 trains nothing: it loads that checkpoint, samples it with the sampling flags given and writes
-the same samples and results into a new folder, eval_<checkpoint>_t<temperature>/, leaving the
-training run's own files as they were.
+the same samples and results into a new folder, eval_<checkpoint>_t<temperature>/ (with _k<top_k>
+when --top-k is given), leaving the training run's own files as they were.
 """
 
 from __future__ import annotations
@@ -281,7 +281,8 @@ def evaluate_checkpoint(
     manager = CheckpointManager(args.out_dir / "checkpoints", monitor=MONITOR, mode="max")
     checkpoint = manager.load(args.evaluate)
     model.load_state_dict(checkpoint["model"])
-    out = args.out_dir / f"eval_{args.evaluate}_t{args.temperature:g}"
+    top_k = "" if args.top_k is None else f"_k{args.top_k}"
+    out = args.out_dir / f"eval_{args.evaluate}_t{args.temperature:g}{top_k}"
     out.mkdir(exist_ok=True)
     results = evaluate_and_write(model, sampler, tokenizer, streams, holdout, profile, args, out)
     results.update(steps=checkpoint["step"], train_wall_s=None, params=model.num_parameters())
