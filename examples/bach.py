@@ -9,8 +9,11 @@ Needs the `music` extra (music21, for the corpus and MIDI/MusicXML files). Write
 metrics.jsonl, TensorBoard events (tb/), checkpoints/{last,best}.pt, tokenizer.json, loss.png,
 music.png, samples/*.mid and *.musicxml, results.md and results.json. `--evaluate best|last`
 trains nothing: it loads that checkpoint, samples it with the sampling flags given and writes
-the same samples and results into a new folder, eval_<checkpoint>_t<temperature>/ (with _k<top_k>
-when --top-k is given), leaving the training run's own files as they were.
+the same samples and results into a new folder, eval_<checkpoint>_t<T>[_k<top_k>]_<rule>/ (rule:
+fill145, mono0, grammar, ... from --voices and --min-notes), leaving the training run's own
+files as they were. Samples are drawn under `VoiceLeading` (one note per voice at a time, every
+voice sounding, no <END> before --min-notes notes; --voices picks a looser constraint), so
+every sample decodes.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogge
 from transformer_kit.metrics import music
 from transformer_kit.models import GPT, BarPositionFeatures, GPTConfig
 from transformer_kit.sampling import generate
-from transformer_kit.tokenization import MusicTokenizer
+from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
 from transformer_kit.tokenization.events import Piece
 from transformer_kit.trainer import Trainer, TrainerConfig
 
@@ -72,6 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-tokens", type=int, default=1200)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument(
+        "--voices",
+        choices=["fill", "mono", "grammar"],
+        default="fill",
+        help="sampling constraint: VoiceLeading with every voice sounding (fill), one note per "
+        "voice only (mono), or the tokenizer's grammar alone",
+    )
+    parser.add_argument(
+        "--min-notes",
+        type=int,
+        default=None,
+        help="no <END> before this many notes (VoiceLeading); default: the 5th percentile of "
+        "the training pieces' lengths",
+    )
     parser.add_argument(
         "--evaluate",
         choices=["best", "last"],
@@ -110,6 +127,11 @@ class Sampler:
 
     def __init__(self, model: GPT, tokenizer: MusicTokenizer, args: argparse.Namespace):
         self.model, self.tokenizer, self.args = model, tokenizer, args
+        self.rule = (
+            tokenizer.allowed_next
+            if args.voices == "grammar"
+            else VoiceLeading(tokenizer, fill=args.voices == "fill", min_notes=args.min_notes)
+        )
 
     def ids(self, n: int, tokens: int, *, seed: int, stop: bool = True) -> torch.Tensor:
         tok = self.tokenizer
@@ -120,7 +142,7 @@ class Sampler:
             tokens,
             temperature=self.args.temperature,
             top_k=self.args.top_k,
-            allowed_next=tok.allowed_next,
+            allowed_next=self.rule,
             stop_ids=[tok.end_id] if stop else (),
             pad_id=tok.pad_id,
             generator=torch.Generator().manual_seed(seed),
@@ -195,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"model: {model.num_parameters():,} parameters")
     holdout = pieces["val"] + pieces["test"]
     profile = music.MusicProfile.from_pieces(pieces["train"])
+    if args.min_notes is None:  # samples may end where the shortest 5% of real pieces end
+        args.min_notes = int(np.percentile([len(p) for p in pieces["train"]], 5))
     sampler = Sampler(model, tokenizer, args)
     if args.evaluate is not None:
         return evaluate_checkpoint(model, sampler, tokenizer, streams, holdout, profile, args)
@@ -282,7 +306,8 @@ def evaluate_checkpoint(
     checkpoint = manager.load(args.evaluate)
     model.load_state_dict(checkpoint["model"])
     top_k = "" if args.top_k is None else f"_k{args.top_k}"
-    out = args.out_dir / f"eval_{args.evaluate}_t{args.temperature:g}{top_k}"
+    rule = "grammar" if args.voices == "grammar" else f"{args.voices}{args.min_notes}"
+    out = args.out_dir / f"eval_{args.evaluate}_t{args.temperature:g}{top_k}_{rule}"
     out.mkdir(exist_ok=True)
     results = evaluate_and_write(model, sampler, tokenizer, streams, holdout, profile, args, out)
     results.update(steps=checkpoint["step"], train_wall_s=None, params=model.num_parameters())
@@ -331,6 +356,8 @@ def evaluate_and_write(
         "val_loss": losses["val"],
         "test_nll": losses["test"],
         "temperature": args.temperature,
+        "voices": args.voices,
+        "min_notes": args.min_notes if args.voices != "grammar" else 0,
         "top_k": args.top_k,
         "seconds_1000_tokens": round(seconds_1000, 2),
         "decodable": sum(1 for p in decoded if p) / len(decoded),
@@ -358,7 +385,8 @@ def results_table(results: dict[str, object]) -> str:
     lines += [
         "",
         f"- step {results['steps']}{trained}, {results['params']:,} parameters",
-        f"- samples drawn at temperature {results['temperature']}, top_k {results['top_k']}",
+        f"- samples drawn at temperature {results['temperature']}, top_k {results['top_k']}, "
+        f"constraint --voices {results['voices']}, min_notes {results['min_notes']}",
         f"- val loss {results['val_loss']:.4f}, test NLL {results['test_nll']:.4f} (nats/token)",
         f"- overall score: {results['percent_of_bach']:.1f}% of held-out Bach's",
         f"- 1000 tokens generated in {results['seconds_1000_tokens']} s; "

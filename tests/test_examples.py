@@ -131,14 +131,15 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     evaluated = subprocess.run(
         [sys.executable, script, *args, "--evaluate", "last", "--temperature", "0.8",
-         "--top-k", "5"],
+         "--top-k", "5", "--min-notes", "3"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
-    folder = out / "eval_last_t0.8_k5"
+    folder = out / "eval_last_t0.8_k5_fill3"
     again_results = json.loads((folder / "results.json").read_text())
     assert again_results["steps"] == 6 and again_results["temperature"] == 0.8
     assert again_results["top_k"] == 5
+    assert again_results["voices"] == "fill" and again_results["min_notes"] == 3
     assert again_results["decodable"] == 1.0
     assert any(p.suffix == ".mid" for p in (folder / "samples").iterdir())
     assert {p: p.read_bytes() for p in before} == before

@@ -19,7 +19,7 @@ PUBLIC = {
     "tokenization": [
         "ByteTokenizer", "CharTokenizer", "DEFAULT_DURATIONS", "DEFAULT_SPECIALS",
         "DEFAULT_TIME_STEPS", "MUSIC_SPECIALS", "MusicTokenizer", "NoteEvent", "SPECIAL_GROUP",
-        "Tokenizer", "Vocabulary", "load_tokenizer",
+        "Tokenizer", "VoiceLeading", "Vocabulary", "load_tokenizer",
     ],
     "models": [
         "BarPositionFeatures", "Block", "CausalSelfAttention", "Float16Linear", "GPT", "GPTConfig",

@@ -1,6 +1,7 @@
 """Tokenization: a `Vocabulary` of ordered token groups and the tokenizers built on it.
 
-Text goes through `CharTokenizer` or `ByteTokenizer`, note events through `MusicTokenizer`.
+Text goes through `CharTokenizer` or `ByteTokenizer`, note events through `MusicTokenizer`
+(with `VoiceLeading` as a stricter sampling constraint than its grammar).
 
 >>> from transformer_kit.tokenization import CharTokenizer
 >>> CharTokenizer.fit("abc").encode("cab")
@@ -23,6 +24,7 @@ from transformer_kit.tokenization.text import (
     load_tokenizer,
 )
 from transformer_kit.tokenization.vocabulary import DEFAULT_SPECIALS, SPECIAL_GROUP, Vocabulary
+from transformer_kit.tokenization.voicing import VoiceLeading
 
 __all__ = [
     "DEFAULT_DURATIONS",
@@ -35,6 +37,7 @@ __all__ = [
     "MusicTokenizer",
     "NoteEvent",
     "Tokenizer",
+    "VoiceLeading",
     "Vocabulary",
     "load_tokenizer",
 ]

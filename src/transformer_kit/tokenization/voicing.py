@@ -1,0 +1,145 @@
+"""`VoiceLeading`: the music grammar plus voice rules, as a sampling constraint.
+
+`MusicTokenizer.allowed_next` keeps a stream well formed but knows nothing of voices, so a
+sampled piece can start a note in a voice that is still holding one, or let a voice fall
+silent. `VoiceLeading(tokenizer)` narrows the grammar's choices so that each voice holds one
+note at a time and, with `fill=True`, every voice sounds from the first onset to the last, as
+in a four-part chorale.
+    >>> tok = MusicTokenizer(voices=2)
+    >>> rule = VoiceLeading(tok)
+    >>> ids = tok.encode([NoteEvent(60, 1, 0.0, 1.0)])[:-2]  # one note in voice 1, then ?
+    >>> [tok.vocab.id_to_token(i) for i in rule(ids)]  # time may not move: voice 2 is silent
+    ['<TIME:+0.0>']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformer_kit.tokenization.events import NoteEvent  # noqa: F401  (used by the doctest)
+from transformer_kit.tokenization.music import MusicTokenizer
+
+__all__ = ["VoiceLeading"]
+
+
+class VoiceLeading:
+    """A `generate(..., allowed_next=...)` constraint: the tokenizer's grammar and voice rules.
+
+    It reads the whole prefix (time in grid units, and when each voice's last note ends) and
+    removes from `tokenizer.allowed_next(ids)`:
+
+    - a `<VOICE:v>` whose voice still sounds at the current onset (each voice is monophonic,
+      as in the chorales: none of their 85,447 notes overlaps another of its voice);
+    - a `<NOTE:*>` or `<BAR>` when no voice is free at the current onset (after a bar line
+      only notes may follow, so a bar line then could only repeat);
+    - with `fill=True`: a time step that would leave a voice silent, that is any `<TIME:+t>`
+      with t > 0 past the earliest end of a sounding voice (only `<TIME:+0.0>` is left while
+      a voice is free, so the next note goes to it), and a `<REST>` while a voice is free.
+      Every voice then sounds without a gap from the first onset to the last; the piece can
+      still end after any chord;
+    - while fewer than `min_notes` notes are written: `<END>`, and the `<TIME:+0.0>` after a
+      note that leaves no voice free (a chord that cannot grow could only end there).
+
+    If the rules would leave nothing, the grammar's own choices are returned, so a constrained
+    stream always stays decodable. Time per call grows with the prefix (one pass over it).
+
+    Args:
+        tokenizer: the `MusicTokenizer` whose ids are generated.
+        fill: also keep every voice sounding (see above); False applies only the one-note-per-
+            voice rule.
+        min_notes: no `<END>` before this many notes (0: a piece may end at any chord). A model
+            that loses track of which voices are busy can otherwise end a piece early: it asks
+            for another note at an onset whose voices are all taken, and only `<END>` is left.
+
+    Raises:
+        TypeError: if `tokenizer` is not a `MusicTokenizer`.
+        ValueError: if `min_notes` is not an int >= 0.
+    """
+
+    def __init__(self, tokenizer: MusicTokenizer, *, fill: bool = True, min_notes: int = 0) -> None:
+        if not isinstance(tokenizer, MusicTokenizer):
+            raise TypeError(
+                f"VoiceLeading: tokenizer must be a MusicTokenizer, got {type(tokenizer).__name__}"
+            )
+        if isinstance(min_notes, bool) or not isinstance(min_notes, int) or min_notes < 0:
+            raise ValueError(f"VoiceLeading: min_notes must be an int >= 0, got {min_notes!r}")
+        self.tokenizer = tokenizer
+        self.fill = fill
+        self.min_notes = min_notes
+        grid = tokenizer.grid
+        size = len(tokenizer.vocab)
+        # Per id: grid units a DUR lasts / a TIME advances, and the voice index of a VOICE.
+        self._dur_units = [0] * size
+        for i, length in zip(tokenizer.dur_ids, tokenizer.durations, strict=True):
+            self._dur_units[i] = round(length / grid)
+        self._time_units = [0] * size
+        for i, step in zip(tokenizer.time_ids, tokenizer.time_steps, strict=True):
+            self._time_units[i] = round(step / grid)
+        self._voice_of = [-1] * size
+        for v, i in enumerate(tokenizer.voice_ids):
+            self._voice_of[i] = v
+        self._notes = set(tokenizer.note_ids)
+        self._times = set(tokenizer.time_ids)
+        self._bar_id, self._rest_id = tokenizer.bar_id, tokenizer.rest_id
+
+    def __call__(self, ids: Sequence[int]) -> list[int]:
+        """The ids allowed after the prefix `ids` (`list[int]`, prompt included)."""
+        allowed = self.tokenizer.allowed_next(ids)
+        clock, ends, voice, duration, notes = self._scan(ids)
+        pending = voice >= 0 and duration is not None
+        if voice >= 0 and duration is not None:
+            # Choosing the TIME after a note: that note now holds its voice.
+            ends[voice] = max(ends[voice], clock + duration)
+        free = {v for v, end in enumerate(ends) if end <= clock}
+        room = max(0, min(ends) - clock)  # grid units until the first voice falls silent
+        early = notes + pending < self.min_notes  # too soon to end
+        time0 = self.tokenizer.time_ids.start
+        keep = []
+        for i in allowed:
+            v = self._voice_of[i]
+            if early and (i == self.tokenizer.end_id or (i == time0 and not free)):
+                ok = False
+            elif v >= 0:
+                ok = v in free
+            elif i in self._notes or i == self._bar_id:
+                # After a bar line only notes (or more bar lines) may follow, so a bar needs a
+                # free voice too, or the stream could only repeat <BAR>.
+                ok = bool(free)
+            elif i == self._rest_id:
+                ok = not (self.fill and free)
+            elif i in self._times:
+                ok = not self.fill or self._time_units[i] <= room
+            else:
+                ok = True
+            if ok:
+                keep.append(i)
+        return keep if keep else allowed
+
+    def _scan(self, ids: Sequence[int]) -> tuple[int, list[int], int, int | None, int]:
+        """Clock, each voice's end (grid units), the note being written, and the note count.
+
+        Returns `(clock, ends, voice, duration, notes)`: `voice` is the voice index of a note
+        whose `<VOICE>` has been read but not yet its `<TIME>` (else -1), `duration` its length
+        in grid units once its `<DUR>` is read (else None), `notes` the notes completed.
+        """
+        tok = self.tokenizer
+        clock = 0
+        ends = [0] * len(tok.voice_ids)
+        voice, duration = -1, None
+        notes = 0
+        end_id = tok.end_id
+        for i in ids:
+            if i == end_id:
+                break
+            v = self._voice_of[i]
+            if v >= 0:
+                voice, duration = v, None
+            elif i in self._times:
+                if voice >= 0 and duration is not None:
+                    ends[voice] = clock + duration
+                    notes += 1
+                voice, duration = -1, None
+                clock += self._time_units[i]
+            elif self._dur_units[i]:
+                duration = self._dur_units[i]
+        return clock, ends, voice, duration, notes

@@ -1,0 +1,203 @@
+"""VoiceLeading: one note per voice at a time and, with fill, every voice always sounding."""
+
+from __future__ import annotations
+
+import doctest
+from itertools import pairwise
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transformer_kit.models import GPT, GPTConfig
+from transformer_kit.sampling import generate
+from transformer_kit.tokenization import MusicTokenizer, NoteEvent, VoiceLeading
+from transformer_kit.tokenization import voicing as voicing_module
+from transformer_kit.tokenization.events import Piece
+
+TOK = MusicTokenizer()
+TWO = MusicTokenizer(min_pitch=55, max_pitch=79, voices=2, durations=(0.5, 1.0, 2.0),
+                     time_steps=(0.0, 0.5, 1.0, 2.0))  # fmt: skip
+
+
+def _note(tok: MusicTokenizer, pitch: int, voice: int, duration: float, step: float) -> list[int]:
+    """The four tokens of one note: <NOTE> <VOICE> <DUR> <TIME:+step>."""
+    dur = tok.dur_ids.start + tok.durations.index(duration)
+    time = tok.time_ids.start + tok.time_steps.index(step)
+    return [tok.note_id(pitch), tok.voice_ids.start + voice - 1, dur, time]
+
+
+def _chord(durations: list[float]) -> list[int]:
+    """<START> and one note per voice at time 0, the last one without its <TIME>."""
+    ids = [TOK.start_id]
+    for voice, duration in enumerate(durations, start=1):
+        ids += _note(TOK, 60 + voice, voice, duration, 0.0)
+    return ids[:-1]
+
+
+def _times(tok: MusicTokenizer, ids: list[int]) -> list[float]:
+    return [tok.time_steps[i - tok.time_ids.start] for i in ids if i in tok.time_ids]
+
+
+def test_doctest() -> None:
+    assert doctest.testmod(voicing_module).failed == 0
+
+
+def test_a_voice_that_still_sounds_is_not_offered() -> None:
+    ids = [TOK.start_id, *_note(TOK, 60, 1, 1.0, 0.0), *_note(TOK, 64, 3, 2.0, 0.0)]
+    ids.append(TOK.note_id(67))  # the next note's voice: 1 and 3 hold notes at time 0
+    free = [TOK.voice_ids.start + 1, TOK.voice_ids.start + 3]  # voices 2 and 4
+    assert VoiceLeading(TOK)(ids) == VoiceLeading(TOK, fill=False)(ids) == free
+
+
+def test_fill_moves_time_no_further_than_the_first_end() -> None:
+    ids = _chord([1.0, 2.0, 2.0, 0.5])  # voice 4 ends first, at 0.5
+    assert _times(TOK, VoiceLeading(TOK)(ids)) == [0.0, 0.125, 0.25, 0.375, 0.5]
+    # mono leaves time free; the grammar alone offers every step
+    assert VoiceLeading(TOK, fill=False)(ids) == TOK.allowed_next(ids)
+
+
+def test_fill_holds_time_while_a_voice_is_silent() -> None:
+    ids = _chord([1.0, 2.0, 2.0])  # voice 4 has no note yet
+    assert _times(TOK, VoiceLeading(TOK)(ids)) == [0.0]
+    assert len(_times(TOK, VoiceLeading(TOK, fill=False)(ids))) == len(TOK.time_steps)
+
+
+def test_with_every_voice_busy_only_a_rest_moves_on() -> None:
+    ids = _chord([1.0, 1.0, 1.0, 1.0]) + [TOK.time_ids.start + TOK.time_steps.index(0.5)]
+    # At 0.5 every voice sounds: no note, and no bar line (after <BAR> only notes may follow).
+    for rule in (VoiceLeading(TOK), VoiceLeading(TOK, fill=False)):
+        assert rule(ids) == [TOK.rest_id]
+    # The rest may move time up to the end of the notes (1.0), with fill.
+    assert _times(TOK, VoiceLeading(TOK)([*ids, TOK.rest_id])) == [0.125, 0.25, 0.375, 0.5]
+
+
+def test_a_full_chord_continued_can_only_end() -> None:
+    ids = _chord([1.0, 1.0, 1.0, 1.0]) + [TOK.time_ids.start]  # <TIME:+0.0>: same onset
+    assert VoiceLeading(TOK)(ids) == [TOK.end_id]
+
+
+def test_rest_first_only_without_fill() -> None:
+    start = [TOK.start_id]
+    assert TOK.rest_id not in VoiceLeading(TOK)(start)
+    assert VoiceLeading(TOK, fill=False)(start) == TOK.allowed_next(start)
+
+
+def test_falls_back_to_the_grammar_when_the_rules_leave_nothing() -> None:
+    # A prompt that already broke the rules: a fifth note at time 0 with every voice taken.
+    # No voice is free for it, so the grammar's own choices come back and the stream stays
+    # decodable.
+    ids = _chord([1.0, 1.0, 1.0, 1.0]) + [TOK.time_ids.start, TOK.note_id(70)]
+    assert VoiceLeading(TOK)(ids) == TOK.allowed_next(ids) == list(TOK.voice_ids)
+
+
+def test_rejects_a_tokenizer_of_another_kind() -> None:
+    with pytest.raises(TypeError, match="VoiceLeading: tokenizer must be a MusicTokenizer"):
+        VoiceLeading(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_rejects_a_bad_min_notes(bad: object) -> None:
+    with pytest.raises(
+        ValueError, match=f"VoiceLeading: min_notes must be an int >= 0, got {bad!r}"
+    ):
+        VoiceLeading(TOK, min_notes=bad)  # type: ignore[arg-type]
+
+
+def test_min_notes_keeps_a_full_chord_from_ending_the_piece() -> None:
+    ids = _chord([1.0, 1.0, 1.0, 1.0])  # the 4th note waits for its <TIME>
+    assert _times(TOK, VoiceLeading(TOK, min_notes=4)(ids))[0] == 0.0  # 4 notes: may end
+    # With 5 required, <TIME:+0.0> (which could only lead to <END>) is gone: time must move.
+    assert _times(TOK, VoiceLeading(TOK, min_notes=5)(ids)) == [0.125, 0.25, 0.375, 0.5, 0.75, 1.0]
+    # A chord that can still grow keeps <TIME:+0.0>, and after it <END> is gone.
+    three = _chord([1.0, 1.0, 1.0])
+    assert _times(TOK, VoiceLeading(TOK, min_notes=5)(three)) == [0.0]
+    assert TOK.end_id not in VoiceLeading(TOK, min_notes=5)([*three, TOK.time_ids.start])
+    assert TOK.end_id not in VoiceLeading(TOK, min_notes=1)([TOK.start_id])
+    assert TOK.end_id in VoiceLeading(TOK)([TOK.start_id])
+
+
+def _overlaps(piece: Piece) -> int:
+    count = 0
+    for voice in {e.voice for e in piece}:
+        notes = sorted((e.onset, e.onset + e.duration) for e in piece if e.voice == voice)
+        count += sum(1 for a, b in pairwise(notes) if b[0] < a[1] - 1e-9)
+    return count
+
+
+def _silent_points(piece: Piece, voices: int, grid: float) -> list[tuple[float, int]]:
+    """(time, voice) on the grid in [0, last onset) where that voice sounds no note."""
+    last = max(e.onset for e in piece)
+    gaps = []
+    for k in range(round(last / grid)):
+        x = k * grid
+        for v in range(1, voices + 1):
+            if not any(e.voice == v and e.onset <= x < e.onset + e.duration for e in piece):
+                gaps.append((x, v))
+    return gaps
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([1.0, 20.0]),
+    fill=st.booleans(),
+    two=st.booleans(),
+    min_notes=st.sampled_from([0, 6]),
+)
+def test_generation_under_voice_leading_keeps_its_promises(
+    seed: int, scale: float, fill: bool, two: bool, min_notes: int
+) -> None:
+    tok = TWO if two else TOK
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=len(tok.vocab), n_layer=1, d_model=16, n_head=2, block_size=96)
+    model = GPT(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(scale)  # x20: far from uniform logits, the model pushes against the rules
+    rule = VoiceLeading(tok, fill=fill, min_notes=min_notes)
+    seen: list[list[int]] = []
+
+    def recording(ids: list[int]) -> list[int]:
+        allowed = rule(ids)
+        assert set(allowed) <= set(tok.allowed_next(ids))  # never wider than the grammar
+        seen.append(allowed)
+        return allowed
+
+    out = generate(
+        model, torch.full((6, 1), tok.start_id), 95, allowed_next=recording,
+        temperature=1.0, generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    assert seen
+    for row in out.tolist():
+        piece = tok.decode(row)  # raises if the stream broke the grammar
+        assert _overlaps(piece) == 0
+        if tok.end_id in row:
+            assert len(piece) >= min_notes
+        if fill and piece:
+            assert min(e.onset for e in piece) == 0.0
+            assert _silent_points(piece, tok.voices, tok.grid) == []
+
+
+def test_fill_samples_from_a_fixed_model_have_four_sounding_voices() -> None:
+    # The property above can meet models that end at once; this fixed one writes music.
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=len(TOK.vocab), n_layer=1, d_model=16, n_head=2, block_size=96)
+    out = generate(
+        GPT(config), torch.full((4, 1), TOK.start_id), 95, allowed_next=VoiceLeading(TOK),
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    pieces = [TOK.decode(row) for row in out.tolist()]
+    assert sum(len(p) for p in pieces) >= 8
+    for piece in pieces:
+        if len({e.onset for e in piece}) > 1:  # time moved: every voice had a note first
+            assert {e.voice for e in piece} == {1, 2, 3, 4}
+            assert _silent_points(piece, 4, TOK.grid) == []
+
+
+def test_overlap_and_silence_checks_see_a_broken_piece() -> None:
+    # The two checks of the property above, on a piece that breaks both rules.
+    piece = [NoteEvent(60, 1, 0.0, 2.0), NoteEvent(62, 1, 1.0, 1.0), NoteEvent(64, 2, 1.5, 1.0)]
+    assert _overlaps(piece) == 1
+    assert (0.0, 2) in _silent_points(piece, 2, 0.5)
