@@ -132,6 +132,8 @@ class Sampler:
             if args.voices == "grammar"
             else VoiceLeading(tokenizer, fill=args.voices == "fill", min_notes=args.min_notes)
         )
+        # Names the constraint in results and --evaluate folders: grammar, fill145, mono0, ...
+        self.rule_name = "grammar" if args.voices == "grammar" else f"{args.voices}{args.min_notes}"
 
     def ids(self, n: int, tokens: int, *, seed: int, stop: bool = True) -> torch.Tensor:
         tok = self.tokenizer
@@ -306,8 +308,7 @@ def evaluate_checkpoint(
     checkpoint = manager.load(args.evaluate)
     model.load_state_dict(checkpoint["model"])
     top_k = "" if args.top_k is None else f"_k{args.top_k}"
-    rule = "grammar" if args.voices == "grammar" else f"{args.voices}{args.min_notes}"
-    out = args.out_dir / f"eval_{args.evaluate}_t{args.temperature:g}{top_k}_{rule}"
+    out = args.out_dir / f"eval_{args.evaluate}_t{args.temperature:g}{top_k}_{sampler.rule_name}"
     out.mkdir(exist_ok=True)
     results = evaluate_and_write(model, sampler, tokenizer, streams, holdout, profile, args, out)
     results.update(steps=checkpoint["step"], train_wall_s=None, params=model.num_parameters())

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _music_models import tiny_music_gpt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.sampling import generate
 from transformer_kit.tokenization import (
     DEFAULT_DURATIONS,
@@ -333,12 +333,7 @@ def test_allowed_next_reads_a_bounded_suffix_of_long_prefixes() -> None:
 def test_generation_under_the_grammar_always_decodes(
     seed: int, scale: float, temperature: float
 ) -> None:
-    torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=len(TOK.vocab), n_layer=1, d_model=16, n_head=2, block_size=64)
-    model = GPT(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.mul_(scale)  # x20: far from uniform logits, the model pushes against the grammar
+    model = tiny_music_gpt(TOK, seed=seed, block_size=64, scale=scale)
     prompt = torch.full((8, 1), TOK.start_id)
     out = generate(
         model, prompt, 63, allowed_next=TOK.allowed_next, temperature=temperature,
@@ -353,10 +348,9 @@ def test_generation_under_the_grammar_always_decodes(
 
 def test_generation_under_the_grammar_writes_notes() -> None:
     # The property above can meet models that only end or rest; this fixed one writes notes.
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=len(TOK.vocab), n_layer=1, d_model=16, n_head=2, block_size=64)
+    model = tiny_music_gpt(TOK, seed=0, block_size=64)
     out = generate(
-        GPT(config), torch.full((4, 1), TOK.start_id), 63, allowed_next=TOK.allowed_next,
+        model, torch.full((4, 1), TOK.start_id), 63, allowed_next=TOK.allowed_next,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert sum(len(TOK.decode(row)) for row in out.tolist()) >= 8

@@ -86,10 +86,10 @@ class VoiceLeading:
         """The ids allowed after the prefix `ids` (`list[int]`, prompt included)."""
         allowed = self.tokenizer.allowed_next(ids)
         clock, ends, voice, duration, notes = self._scan(ids)
-        pending = voice >= 0 and duration is not None
+        pending = 0  # 1 while choosing the TIME after a note, which then holds its voice
         if voice >= 0 and duration is not None:
-            # Choosing the TIME after a note: that note now holds its voice.
             ends[voice] = max(ends[voice], clock + duration)
+            pending = 1
         free = {v for v, end in enumerate(ends) if end <= clock}
         room = max(0, min(ends) - clock)  # grid units until the first voice falls silent
         early = notes + pending < self.min_notes  # too soon to end
