@@ -20,7 +20,7 @@ import torch
 from transformer_kit import sampling
 from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.data import TokenDataset, read_text_file, stdlib_corpus, train_val_split
-from transformer_kit.distributed import init_distributed
+from transformer_kit.distributed import init_distributed, shutdown_distributed
 from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
 from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.tokenization import CharTokenizer
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
     final = trainer.fit()
     wall = time.perf_counter() - start
+    shutdown_distributed()  # every rank is past its last collective; rank 0 carries on alone
     if not trainer.context.is_main:
         return final
     print(f"\nfinal sample (step {trainer.step}):\n{samples.sample(trainer)}\n")

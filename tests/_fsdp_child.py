@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from transformer_kit.distributed import shutdown_distributed
 from transformer_kit.fsdp import (
     consolidate_to_full_state_dict,
     load_sharded,
@@ -131,10 +132,7 @@ def main() -> None:
         for _, inputs, targets in batches(extra["step"], rank, world_size):
             train_step(model, optimizer, inputs, targets)
         save_full(model, args.out / "adam_resumed.pt")
-    # Both ranks done with every collective before teardown: once (1 run in 5, on a loaded
-    # machine) rank 0 aborted in teardown with "terminate called without an active exception".
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

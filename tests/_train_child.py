@@ -17,6 +17,7 @@ import torch
 from transformer_kit.augment import RandomTokenMask, Stage, StagedAugmentation
 from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.data import TokenDataset
+from transformer_kit.distributed import shutdown_distributed
 from transformer_kit.early_stopping import EarlyStopping
 from transformer_kit.fsdp import consolidate_to_full_state_dict
 from transformer_kit.logging import JSONLLogger
@@ -116,6 +117,7 @@ def main() -> None:
     state = consolidate_to_full_state_dict(model) if args.fsdp else model.state_dict()
     if trainer.context.is_main:
         torch.save(state, args.out / "final.pt")
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

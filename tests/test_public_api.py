@@ -56,7 +56,9 @@ PUBLIC = {
         "Augmentation", "Compose", "PitchShift", "RandomCrop", "RandomTokenMask", "RhythmScale",
         "Stage", "StagedAugmentation", "three_stage",
     ],
-    "distributed": ["DistributedContext", "all_reduce_mean", "init_distributed"],
+    "distributed": [
+        "DistributedContext", "all_reduce_mean", "init_distributed", "shutdown_distributed",
+    ],
     "trainer": ["Batch", "Trainer", "TrainerConfig", "TrainingError"],
     "metrics": ["perplexity"],
     "metrics.music": [

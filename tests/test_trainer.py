@@ -428,6 +428,19 @@ def test_sigkill_then_resume_is_bit_identical_and_a_broken_resume_is_not(tmp_pat
 
 
 @pytest.mark.slow
+def test_shutdown_distributed_destroys_the_group_and_is_a_no_op_without_one(tmp_path):
+    import torch.distributed as dist
+
+    from transformer_kit.distributed import shutdown_distributed
+
+    shutdown_distributed()  # no group: nothing to do, nothing raised
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert dist.is_initialized()
+    shutdown_distributed()
+    assert not dist.is_initialized()
+
+
 def test_two_process_gloo_equals_single_process_with_the_same_global_batch(tmp_path):
     single = run_child(tmp_path / "one", "--steps", "4", "--batch-size", "8", "--dropout", "0")
     assert single.returncode == 0, single.stderr

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "all_reduce_mean", "init_distributed"]
+__all__ = ["DistributedContext", "all_reduce_mean", "init_distributed", "shutdown_distributed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +74,15 @@ def all_reduce_mean(
         key: int(mean) if isinstance(metrics[key], int) and mean.is_integer() else mean
         for key, mean in zip(keys, values.tolist(), strict=True)
     }
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then destroy the default process group; a no-op without one.
+
+    Call it once at the end of a torchrun script. A process that exits with its gloo group
+    still alive can abort in teardown ("terminate called without an active exception", exit
+    code -6): seen in about 1 of 3 runs of the two-process test on a 2-core machine.
+    """
+    if dist.is_initialized():
+        dist.barrier()  # no rank tears down while another is still in a collective
+        dist.destroy_process_group()
