@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from transformer_kit.augment import Compose, PitchShift, RhythmScale, three_stage
 from transformer_kit.checkpoint import CheckpointManager
@@ -41,7 +42,13 @@ from transformer_kit.data import (
 )
 from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
 from transformer_kit.metrics import music
-from transformer_kit.models import GPT, BarPositionFeatures, GPTConfig
+from transformer_kit.models import (
+    GPT,
+    BarPositionFeatures,
+    FeatureSum,
+    GPTConfig,
+    VoiceStateFeatures,
+)
 from transformer_kit.sampling import generate
 from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
 from transformer_kit.tokenization.events import Piece
@@ -70,8 +77,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--patience", type=int, default=15, help="evaluations without gain")
     parser.add_argument("--rhythm", action="store_true", help="add x2 / x0.5 rhythm scaling")
+    parser.add_argument(
+        "--voice-features",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also feed the model how long each voice keeps sounding (VoiceStateFeatures; "
+        "see docs/results.md for what it changed); --evaluate and --resume follow the run's "
+        "own setting",
+    )
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per evaluation")
     parser.add_argument("--final-samples", type=int, default=32)
+    parser.add_argument(
+        "--sample-sets",
+        type=int,
+        default=1,
+        help="score this many sets of --final-samples samples (other seeds) and report their "
+        "spread: the score of one set of 32 moves by several points from seed to seed",
+    )
     parser.add_argument("--sample-tokens", type=int, default=1200)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
@@ -94,7 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["best", "last"],
         help="train nothing: sample this checkpoint of --out-dir and write its results",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.sample_sets < 1:
+        parser.error(f"--sample-sets must be >= 1, got {args.sample_sets}")
+    return args
 
 
 def load_pieces(args: argparse.Namespace) -> dict[str, list[Piece]]:
@@ -215,7 +240,24 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         resolution=tokenizer.grid,  # the onset grid: 1/8 of a quarter note
         max_steps=round(4.0 / tokenizer.grid),  # a 4/4 bar; longer bars share the last row
     )
-    model = GPT(config, position_features=bar_features)
+    if (args.evaluate is not None or args.resume) and (out / "run.json").exists():
+        # The checkpoint's model; runs from before the flag existed had no voice features.
+        args.voice_features = json.loads((out / "run.json").read_text()).get(
+            "voice_features", False
+        )
+    features: nn.Module = bar_features
+    if args.voice_features:
+        voice_state = VoiceStateFeatures(
+            config.d_model,
+            time_values=tokenizer.time_values(),
+            duration_values=tokenizer.duration_values(),
+            voice_ids=list(tokenizer.voice_ids),
+            start_id=tokenizer.start_id,
+            resolution=tokenizer.grid,
+            max_steps=round(4.0 / tokenizer.grid),  # a whole note; longer waits share a row
+        )
+        features = FeatureSum([bar_features, voice_state])
+    model = GPT(config, position_features=features)
     print(f"model: {model.num_parameters():,} parameters")
     holdout = pieces["val"] + pieces["test"]
     profile = music.MusicProfile.from_pieces(pieces["train"])
@@ -353,6 +395,12 @@ def evaluate_and_write(
         write_musicxml(piece, out / "samples" / f"sample_{i:02d}.musicxml")
     sample_score = music.overall_score(samples, profile)
     bach_score = music.overall_score(holdout, profile)
+    percents = [100 * sample_score / bach_score if bach_score else math.nan]
+    for k in range(1, args.sample_sets):  # more sets of the same size, each with its own seeds
+        more = sampler.ids(args.final_samples, args.sample_tokens, seed=args.seed + 2 + 1000 * k)
+        pieces = [p for p in (tokenizer.decode(row) for row in more.tolist()) if p]
+        score = music.overall_score(pieces, profile)
+        percents.append(100 * score / bach_score if bach_score else math.nan)
     return {
         "val_loss": losses["val"],
         "test_nll": losses["test"],
@@ -366,7 +414,9 @@ def evaluate_and_write(
         "held_out_bach": music.corpus_summary(holdout),
         "overall_score_samples": sample_score,
         "overall_score_bach": bach_score,
-        "percent_of_bach": 100 * sample_score / bach_score if bach_score else math.nan,
+        "percent_of_bach": percents[0],
+        "percent_of_bach_sets": percents,
+        "percent_of_bach_mean": sum(percents) / len(percents),
         "bigram_overlap_samples": music.interval_bigram_overlap(samples, profile),
         "bigram_overlap_bach": music.interval_bigram_overlap(holdout, profile),
     }
@@ -381,6 +431,14 @@ def results_table(results: dict[str, object]) -> str:
         lines.append(f"| {name} (mean) | {samples[key]:.3f} | {bach[key]:.3f} |")
     for key in ("overall_score", "bigram_overlap"):
         lines.append(f"| {key} | {results[f'{key}_samples']:.3f} | {results[f'{key}_bach']:.3f} |")
+    sets = results.get("percent_of_bach_sets", [])
+    assert isinstance(sets, list)
+    spread = ""
+    if len(sets) > 1:
+        spread = (
+            f" (over {len(sets)} sets of samples: mean {sum(sets) / len(sets):.1f}%, "
+            f"{min(sets):.1f}-{max(sets):.1f}%)"
+        )
     wall = results["train_wall_s"]
     trained = "" if wall is None else f", training {wall} s"
     lines += [
@@ -389,7 +447,7 @@ def results_table(results: dict[str, object]) -> str:
         f"- samples drawn at temperature {results['temperature']}, top_k {results['top_k']}, "
         f"constraint --voices {results['voices']}, min_notes {results['min_notes']}",
         f"- val loss {results['val_loss']:.4f}, test NLL {results['test_nll']:.4f} (nats/token)",
-        f"- overall score: {results['percent_of_bach']:.1f}% of held-out Bach's",
+        f"- overall score: {results['percent_of_bach']:.1f}% of held-out Bach's{spread}",
         f"- 1000 tokens generated in {results['seconds_1000_tokens']} s; "
         f"decodable {100 * float(results['decodable']):.0f}%",  # type: ignore[arg-type]
     ]

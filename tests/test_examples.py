@@ -102,9 +102,10 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     out = tmp_path / "run"
     args = ["--midi-dir", str(tmp_path / "midi"), "--out-dir", str(out), *BACH_TINY]
     script = str(ROOT / "examples" / "bach.py")
+    train_args = [*args, "--voice-features"]  # --resume and --evaluate read it from run.json
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(
-        [sys.executable, script, *args, "--max-steps", "6"],
+        [sys.executable, script, *train_args, "--max-steps", "6"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
@@ -131,7 +132,7 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     evaluated = subprocess.run(
         [sys.executable, script, *args, "--evaluate", "last", "--temperature", "0.8",
-         "--top-k", "5", "--min-notes", "3"],
+         "--top-k", "5", "--min-notes", "3", "--sample-sets", "2"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
@@ -141,6 +142,11 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     assert again_results["top_k"] == 5
     assert again_results["voices"] == "fill" and again_results["min_notes"] == 3
     assert again_results["decodable"] == 1.0
+    sets = again_results["percent_of_bach_sets"]
+    assert len(sets) == 2 and sets[0] == again_results["percent_of_bach"]
+    assert again_results["percent_of_bach_mean"] == pytest.approx(sum(sets) / 2)
+    # The run fed the model its voice states, and --evaluate rebuilt that model from run.json.
+    assert json.loads((out / "run.json").read_text())["voice_features"] is True
     assert any(p.suffix == ".mid" for p in (folder / "samples").iterdir())
     assert {p: p.read_bytes() for p in before} == before
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -272,7 +273,19 @@ def launch(out: Path, mode: str) -> None:
         str(CHILD), "--out", str(out), "--mode", mode,
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if done.returncode != 0:
+        # One relaunch: once (2026-12-05) this launch failed inside a full-suite run and never
+        # again in 10 runs of this file alone, its output lost. The first failure is now
+        # reported as a warning, and a second one fails the tests with both outputs.
+        first = done.stdout[-3000:] + done.stderr[-3000:]
+        warnings.warn(
+            f"torchrun {mode} failed once (exit {done.returncode}), relaunching:\n{first}",
+            stacklevel=2,
+        )
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (
+            first + "\n--- relaunch ---\n" + done.stdout[-3000:] + done.stderr[-3000:]
+        )
 
 
 @pytest.fixture(scope="module")

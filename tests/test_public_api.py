@@ -22,9 +22,9 @@ PUBLIC = {
         "Tokenizer", "VoiceLeading", "Vocabulary", "load_tokenizer",
     ],
     "models": [
-        "BarPositionFeatures", "Block", "CausalSelfAttention", "Float16Linear", "GPT", "GPTConfig",
-        "KVCache", "MLP", "MlpKind", "NormKind", "Output", "PositionKind", "SwiGLU",
-        "pack_float16_linears",
+        "BarPositionFeatures", "Block", "CausalSelfAttention", "FeatureSum", "Float16Linear",
+        "GPT", "GPTConfig", "KVCache", "MLP", "MlpKind", "NormKind", "Output", "PositionKind",
+        "SwiGLU", "VoiceStateFeatures", "pack_float16_linears",
     ],
     "optim": ["CombinedOptimizer", "OptimizerName", "build_optimizer", "parameter_groups"],
     "data": [

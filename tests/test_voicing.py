@@ -53,7 +53,8 @@ def test_a_voice_that_still_sounds_is_not_offered() -> None:
 
 def test_fill_moves_time_no_further_than_the_first_end() -> None:
     ids = _chord([1.0, 2.0, 2.0, 0.5])  # voice 4 ends first, at 0.5
-    assert _times(TOK, VoiceLeading(TOK)(ids)) == [0.0, 0.125, 0.25, 0.375, 0.5]
+    # No +0.0: the chord is full, and its voices end at different times, so it may not end.
+    assert _times(TOK, VoiceLeading(TOK)(ids)) == [0.125, 0.25, 0.375, 0.5]
     # mono leaves time free; the grammar alone offers every step
     assert VoiceLeading(TOK, fill=False)(ids) == TOK.allowed_next(ids)
 
@@ -118,6 +119,28 @@ def test_min_notes_keeps_a_full_chord_from_ending_the_piece() -> None:
     assert TOK.end_id in VoiceLeading(TOK)([TOK.start_id])
 
 
+def test_fill_ends_a_piece_only_where_every_voice_ends_together() -> None:
+    ragged = _chord([1.0, 1.0, 1.0, 0.5])  # a full chord whose bass ends first
+    # The chord cannot grow, and it may not end the piece: time must move, at most to 0.5.
+    assert _times(TOK, VoiceLeading(TOK)(ragged)) == [0.125, 0.25, 0.375, 0.5]
+    # Without fill the same chord may end the piece.
+    assert 0.0 in _times(TOK, VoiceLeading(TOK, fill=False)(ragged))
+    # A prompt that holds the ragged chord at <TIME:+0.0> anyway: no voice is free and the
+    # piece may not end, so the rules leave nothing and the grammar's own choices come back.
+    stuck = [*ragged, TOK.time_ids.start]
+    assert VoiceLeading(TOK)(stuck) == TOK.allowed_next(stuck)
+    # Once the bass is followed by a note that ends with the others, the piece may end.
+    held = [*ragged, TOK.time_ids.start + TOK.time_steps.index(0.5)]
+    held += _note(TOK, 48, 4, 0.5, 0.0)
+    assert VoiceLeading(TOK)(held) == [TOK.end_id]  # full again, ends aligned at 1.0
+    # A chord whose voices end together may end (the +0.0 that leads to <END> stays).
+    assert _times(TOK, VoiceLeading(TOK)(_chord([1.0, 1.0, 1.0, 1.0])))[0] == 0.0
+
+
+def _last_end(piece: Piece, voice: int) -> float:
+    return max(e.onset + e.duration for e in piece if e.voice == voice)
+
+
 def _overlaps(piece: Piece) -> int:
     count = 0
     for voice in {e.voice for e in piece}:
@@ -173,6 +196,8 @@ def test_generation_under_voice_leading_keeps_its_promises(
         if fill and piece:
             assert min(e.onset for e in piece) == 0.0
             assert _silent_points(piece, tok.voices, tok.grid) == []
+            if tok.end_id in row:  # an ended piece ends on one release of every voice
+                assert len({_last_end(piece, v) for v in range(1, tok.voices + 1)}) == 1
 
 
 def test_fill_samples_from_a_fixed_model_have_four_sounding_voices() -> None:

@@ -333,6 +333,12 @@ class MusicTokenizer:
         """Per id, the time the token advances the clock: its value for TIME ids, else 0.0."""
         return [0.0] * self.time_ids.start + list(self._time_steps)
 
+    def duration_values(self) -> list[float]:
+        """Per id, the duration a DUR token gives its note, in quarter lengths; else 0.0."""
+        values = [0.0] * len(self.vocab)
+        values[self.dur_ids.start : self.dur_ids.stop] = self._durations
+        return values
+
     # -- events <-> ids -------------------------------------------------------------------
 
     def quantize(self, events: Sequence[NoteEvent]) -> Piece:

@@ -35,18 +35,19 @@ class VoiceLeading:
     - with `fill=True`: a time step that would leave a voice silent, that is any `<TIME:+t>`
       with t > 0 past the earliest end of a sounding voice (only `<TIME:+0.0>` is left while
       a voice is free, so the next note goes to it), and a `<REST>` while a voice is free.
-      Every voice then sounds without a gap from the first onset to the last; the piece can
-      still end after any chord;
-    - while fewer than `min_notes` notes are written: `<END>`, and the `<TIME:+0.0>` after a
-      note that leaves no voice free (a chord that cannot grow could only end there).
+      Every voice then sounds without a gap from the first onset to the last;
+    - while fewer than `min_notes` notes are written, and with `fill` while the voices' last
+      notes would not all end at the same time: `<END>`, and the `<TIME:+0.0>` after a note
+      that leaves no voice free (a chord that cannot grow could only end there). With `fill` a
+      piece thus ends on a chord that all voices release together, as every chorale does.
 
     If the rules would leave nothing, the grammar's own choices are returned, so a constrained
     stream always stays decodable. Time per call grows with the prefix (one pass over it).
 
     Args:
         tokenizer: the `MusicTokenizer` whose ids are generated.
-        fill: also keep every voice sounding (see above); False applies only the one-note-per-
-            voice rule.
+        fill: also keep every voice sounding and end the piece only where all voices end
+            together (see above); False applies only the one-note-per-voice rule.
         min_notes: no `<END>` before this many notes (0: a piece may end at any chord). A model
             that loses track of which voices are busy can otherwise end a piece early: it asks
             for another note at an onset whose voices are all taken, and only `<END>` is left.
@@ -92,12 +93,13 @@ class VoiceLeading:
             pending = 1
         free = {v for v, end in enumerate(ends) if end <= clock}
         room = max(0, min(ends) - clock)  # grid units until the first voice falls silent
-        early = notes + pending < self.min_notes  # too soon to end
+        # No ending yet: too few notes, or (with fill) voices that would not end together.
+        no_end = notes + pending < self.min_notes or (self.fill and max(ends) != min(ends))
         time0 = self.tokenizer.time_ids.start
         keep = []
         for i in allowed:
             v = self._voice_of[i]
-            if early and (i == self.tokenizer.end_id or (i == time0 and not free)):
+            if no_end and (i == self.tokenizer.end_id or (i == time0 and not free)):
                 ok = False
             elif v >= 0:
                 ok = v in free
