@@ -54,6 +54,8 @@ from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
 from transformer_kit.tokenization.events import Piece
 from transformer_kit.trainer import Trainer, TrainerConfig
 
+# What the trained model's shape depends on: --evaluate and --resume take these from run.json.
+MODEL_ARGS = ("n_layer", "n_head", "d_model", "d_ff", "block_size", "dropout", "voice_features")
 MONITOR = "music_combined"  # what best.pt is chosen by: 0.3 x loss component + 0.7 x music
 
 
@@ -210,6 +212,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.evaluate is not None and not (out / "checkpoints").is_dir():
         raise SystemExit(f"--evaluate {args.evaluate}: no checkpoints/ in --out-dir {out}")
     out.mkdir(parents=True, exist_ok=True)
+    if (args.evaluate is not None or args.resume) and (out / "run.json").exists():
+        # Rebuild the checkpoint's model, whatever the command line says about its shape; runs
+        # from before --voice-features existed had no voice features.
+        trained = json.loads((out / "run.json").read_text())
+        trained.setdefault("voice_features", False)
+        for name in MODEL_ARGS:
+            setattr(args, name, trained.get(name, getattr(args, name)))
     pieces = load_pieces(args)
     tokenizer = make_tokenizer(pieces, args)
     if args.evaluate is None:
@@ -240,11 +249,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         resolution=tokenizer.grid,  # the onset grid: 1/8 of a quarter note
         max_steps=round(4.0 / tokenizer.grid),  # a 4/4 bar; longer bars share the last row
     )
-    if (args.evaluate is not None or args.resume) and (out / "run.json").exists():
-        # The checkpoint's model; runs from before the flag existed had no voice features.
-        args.voice_features = json.loads((out / "run.json").read_text()).get(
-            "voice_features", False
-        )
     features: nn.Module = bar_features
     if args.voice_features:
         voice_state = VoiceStateFeatures(

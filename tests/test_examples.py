@@ -132,7 +132,7 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     evaluated = subprocess.run(
         [sys.executable, script, *args, "--evaluate", "last", "--temperature", "0.8",
-         "--top-k", "5", "--min-notes", "3", "--sample-sets", "2"],
+         "--top-k", "5", "--min-notes", "3", "--sample-sets", "2", "--d-model", "64"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
@@ -145,7 +145,8 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     sets = again_results["percent_of_bach_sets"]
     assert len(sets) == 2 and sets[0] == again_results["percent_of_bach"]
     assert again_results["percent_of_bach_mean"] == pytest.approx(sum(sets) / 2)
-    # The run fed the model its voice states, and --evaluate rebuilt that model from run.json.
+    # The run fed the model its voice states, and --evaluate rebuilt that model (d_model 32,
+    # not the 64 on its command line) from run.json.
     assert json.loads((out / "run.json").read_text())["voice_features"] is True
     assert any(p.suffix == ".mid" for p in (folder / "samples").iterdir())
     assert {p: p.read_bytes() for p in before} == before
