@@ -399,12 +399,11 @@ def evaluate_and_write(
         write_musicxml(piece, out / "samples" / f"sample_{i:02d}.musicxml")
     sample_score = music.overall_score(samples, profile)
     bach_score = music.overall_score(holdout, profile)
-    percents = [100 * sample_score / bach_score if bach_score else math.nan]
+    scores = [sample_score]
     for k in range(1, args.sample_sets):  # more sets of the same size, each with its own seeds
-        more = sampler.ids(args.final_samples, args.sample_tokens, seed=args.seed + 2 + 1000 * k)
-        pieces = [p for p in (tokenizer.decode(row) for row in more.tolist()) if p]
-        score = music.overall_score(pieces, profile)
-        percents.append(100 * score / bach_score if bach_score else math.nan)
+        more = sampler.pieces(args.final_samples, args.sample_tokens, seed=args.seed + 2 + 1000 * k)
+        scores.append(music.overall_score([p for p in more if p], profile))
+    percents = [100 * score / bach_score if bach_score else math.nan for score in scores]
     return {
         "val_loss": losses["val"],
         "test_nll": losses["test"],

@@ -59,33 +59,14 @@ class BarPositionFeatures(nn.Module):
         max_steps: int = 16,
     ) -> None:
         super().__init__()
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(
-                f"BarPositionFeatures: d_model must be a positive int, got {d_model!r}"
-            )
-        values = [float(v) for v in time_values]
-        if not values or any(not math.isfinite(v) or v < 0 for v in values):
-            raise ValueError(
-                "BarPositionFeatures: time_values must be a non-empty sequence of finite "
-                f"numbers >= 0, got {list(time_values)[:8]!r}..."
-            )
-        for name, token in (("bar_id", bar_id), ("start_id", start_id)):
-            if token is None and name == "start_id":
-                continue
-            if isinstance(token, bool) or not isinstance(token, int):
-                raise ValueError(f"BarPositionFeatures: {name} must be an int id, got {token!r}")
-            if not 0 <= token < len(values):
-                raise ValueError(
-                    f"BarPositionFeatures: {name} must be an id in [0, {len(values)}), got {token}"
-                )
-        if not isinstance(resolution, int | float) or not resolution > 0:
-            raise ValueError(
-                f"BarPositionFeatures: resolution must be a number > 0, got {resolution!r}"
-            )
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= 0:
-            raise ValueError(
-                f"BarPositionFeatures: max_steps must be a positive int, got {max_steps!r}"
-            )
+        where = "BarPositionFeatures"
+        _check_positive_int(where, "d_model", d_model)
+        values = _per_id_values(where, "time_values", time_values)
+        _check_id(where, "bar_id", bar_id, len(values))
+        if start_id is not None:
+            _check_id(where, "start_id", start_id, len(values))
+        _check_resolution(where, resolution)
+        _check_positive_int(where, "max_steps", max_steps)
         self.bar_id = bar_id
         self.start_id = start_id
         self.resolution = float(resolution)
@@ -164,10 +145,9 @@ class VoiceStateFeatures(nn.Module):
     ) -> None:
         super().__init__()
         where = "VoiceStateFeatures"
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(f"{where}: d_model must be a positive int, got {d_model!r}")
-        times = _per_id_values(time_values, "time_values")
-        durations = _per_id_values(duration_values, "duration_values")
+        _check_positive_int(where, "d_model", d_model)
+        times = _per_id_values(where, "time_values", time_values)
+        durations = _per_id_values(where, "duration_values", duration_values)
         if len(durations) != len(times):
             raise ValueError(
                 f"{where}: duration_values must have one entry per id like time_values "
@@ -181,16 +161,9 @@ class VoiceStateFeatures(nn.Module):
                 f"{where}: voice_ids must be a non-empty sequence of ids in [0, {len(times)}), "
                 f"got {voices!r}"
             )
-        if isinstance(start_id, bool) or not isinstance(start_id, int):
-            raise ValueError(f"{where}: start_id must be an int id, got {start_id!r}")
-        if not 0 <= start_id < len(times):
-            raise ValueError(
-                f"{where}: start_id must be an id in [0, {len(times)}), got {start_id}"
-            )
-        if not isinstance(resolution, int | float) or not resolution > 0:
-            raise ValueError(f"{where}: resolution must be a number > 0, got {resolution!r}")
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= 0:
-            raise ValueError(f"{where}: max_steps must be a positive int, got {max_steps!r}")
+        _check_id(where, "start_id", start_id, len(times))
+        _check_resolution(where, resolution)
+        _check_positive_int(where, "max_steps", max_steps)
         self.start_id = start_id
         self.resolution = float(resolution)
         self.max_steps = max_steps
@@ -210,6 +183,8 @@ class VoiceStateFeatures(nn.Module):
         self.register_buffer("steps", steps, persistent=False)  # (V,) grid steps per id
         self.register_buffer("lengths", lengths, persistent=False)  # (V,) note length per id
         self.register_buffer("voice_of", voice_of, persistent=False)  # (V,) voice index or -1
+        self.voices: Tensor
+        self.register_buffer("voices", torch.arange(len(voices)), persistent=False)  # (N,)
         self.embedding = nn.Embedding(len(voices) * (max_steps + 2), d_model)
 
     def voice_states(self, ids: Tensor) -> Tensor:
@@ -222,8 +197,7 @@ class VoiceStateFeatures(nn.Module):
         voice[:, 0] = -1
         length = self.lengths[ids]
         ends_note = (length > 0) & (voice >= 0)
-        voices = torch.arange(self.num_voices, device=ids.device)
-        mine = ends_note.unsqueeze(-1) & (voice.unsqueeze(-1) == voices)  # (B, S, N)
+        mine = ends_note.unsqueeze(-1) & (voice.unsqueeze(-1) == self.voices)  # (B, S, N)
         marks = torch.where(mine, (onset + length).unsqueeze(-1), -1)
         is_start = (ids == self.start_id).unsqueeze(-1)
         marks = torch.where(is_start, clock.unsqueeze(-1), marks)
@@ -236,7 +210,7 @@ class VoiceStateFeatures(nn.Module):
         """Features of the last T tokens of the history ``ids`` (B, S); T from ``positions``."""
         new = positions.shape[-1]
         states = self.voice_states(ids)[:, -new:]  # (B, T, N)
-        rows = states + torch.arange(self.num_voices, device=ids.device) * (self.max_steps + 2)
+        rows = states + self.voices * (self.max_steps + 2)  # each voice's own table
         return self.embedding(rows).sum(dim=-2)  # (B, T, C)
 
     def extra_repr(self) -> str:
@@ -274,11 +248,29 @@ class FeatureSum(nn.Module):
         return total
 
 
-def _per_id_values(values: Sequence[float], name: str) -> list[float]:
+# Argument checks shared by the feature modules; each error names the module and the argument.
+def _check_positive_int(where: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+
+
+def _per_id_values(where: str, name: str, values: Sequence[float]) -> list[float]:
     out = [float(v) for v in values]
     if not out or any(not math.isfinite(v) or v < 0 for v in out):
         raise ValueError(
-            f"VoiceStateFeatures: {name} must be a non-empty sequence of finite numbers >= 0, "
+            f"{where}: {name} must be a non-empty sequence of finite numbers >= 0, "
             f"got {list(values)[:8]!r}..."
         )
     return out
+
+
+def _check_id(where: str, name: str, token: object, size: int) -> None:
+    if isinstance(token, bool) or not isinstance(token, int):
+        raise ValueError(f"{where}: {name} must be an int id, got {token!r}")
+    if not 0 <= token < size:
+        raise ValueError(f"{where}: {name} must be an id in [0, {size}), got {token}")
+
+
+def _check_resolution(where: str, resolution: object) -> None:
+    if not isinstance(resolution, int | float) or not resolution > 0:
+        raise ValueError(f"{where}: resolution must be a number > 0, got {resolution!r}")
