@@ -9,10 +9,14 @@ Three sides start from the same weights and are timed interleaved:
   it; its compile time (cold inductor cache) is reported apart;
 - reference: `reference_gpt.ReferenceGPT` with plain `torch.optim.AdamW`.
 
+`--precision bf16` runs every side's forward under `torch.autocast(dtype=torch.bfloat16)`, as
+`TrainerConfig(precision="bf16")` does; float32 weights and optimizer on both sides.
+
 Prints one JSON object.
 
     python bench/bench_train.py --threads 1  # the two configs of the issue, a few minutes
     python bench/bench_train.py --quick      # a tiny config, no compile, seconds
+    python bench/bench_train.py --precision bf16 --no-memory  # both sides under bf16 autocast
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     args = _parse(argv)
     if args.memory_case:
         name, side = args.memory_case.split(":")
-        peak = _memory_case(_all_configs()[name], side)
+        peak = _memory_case(_all_configs()[name], side, args.precision)
         print(json.dumps({"peak_mib": peak}))
         return {"peak_mib": peak}
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -83,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "in-process VmHWM delta (--quick)" if args.quick else "fresh process per case, VmHWM delta"
     )
     result["target_ratio"] = 1.3
+    result["precision"] = args.precision
     # A fresh inductor cache, so the compile time is that of a first run, not a cache hit.
     with tempfile.TemporaryDirectory(prefix="bench_inductor_") as cache_dir:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
@@ -94,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                 memory=not args.no_memory,
                 fresh_process=not args.quick,
                 compiled=compiled,
+                precision=args.precision,
             )
             for name, shape in configs.items()
         }
@@ -108,6 +114,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled side")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: every side's forward under bfloat16 autocast (weights stay float32)",
+    )
     parser.add_argument("--memory-case", default="", help=argparse.SUPPRESS)  # "config:side"
     return parser.parse_args(argv)
 
@@ -157,16 +169,21 @@ def _batches(shape: dict[str, int], n: int = 4) -> list[tuple[Tensor, Tensor]]:
 
 
 def _train_steps(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[tuple[Tensor, Tensor]]
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[tuple[Tensor, Tensor]],
+    precision: str = "fp32",
 ) -> Callable[[int], float]:
     """A function that runs n training steps and returns the seconds they took."""
+    bf16 = precision == "bf16"
 
     def run(n: int) -> float:
         start = time.perf_counter()
         for step in range(n):
             ids, targets = batches[step % len(batches)]
             optimizer.zero_grad(set_to_none=True)
-            loss = model(ids, targets)[1]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(ids, targets)[1]
             loss.backward()
             optimizer.step()
         return time.perf_counter() - start
@@ -182,17 +199,20 @@ def _bench_config(
     memory: bool,
     fresh_process: bool,
     compiled: bool,
+    precision: str = "fp32",
 ) -> dict[str, object]:
     batches = _batches(shape)
     sides = {side: _build(shape, side) for side in ("ours", "reference")}
-    runs = {side: _train_steps(model, opt, batches) for side, (model, opt) in sides.items()}
+    runs = {
+        side: _train_steps(model, opt, batches, precision) for side, (model, opt) in sides.items()
+    }
     for run in runs.values():
         run(2)  # warm-up: allocator, AdamW state, kernel selection
     compile_seconds = None
     if compiled:
         model, optimizer = _build(shape, "ours")
         # What TrainerConfig(compile=True) does: the Trainer calls torch.compile on the model.
-        runs["ours_compiled"] = _train_steps(torch.compile(model), optimizer, batches)
+        runs["ours_compiled"] = _train_steps(torch.compile(model), optimizer, batches, precision)
         # The first step compiles forward and backward; the second checks nothing recompiles.
         compile_seconds = runs["ours_compiled"](2) - runs["ours"](2)
     steps = STEPS[name]
@@ -222,28 +242,31 @@ def _bench_config(
         "compile_seconds": compile_seconds,
     }
     if memory:
-        peaks = {side: _peak(name, side, fresh_process) for side in ("ours", "reference")}
+        peaks = {
+            side: _peak(name, side, fresh_process, precision) for side in ("ours", "reference")
+        }
         result["peak_mib"] = peaks
         # A tiny --quick model can stay within pages already resident: a peak of 0 MiB.
         result["memory_ratio"] = peaks["ours"] / peaks["reference"] if peaks["reference"] else None
     return result
 
 
-def _peak(name: str, side: str, fresh_process: bool) -> float:
+def _peak(name: str, side: str, fresh_process: bool, precision: str) -> float:
     """Peak MiB of one side's training steps; --quick measures in this process to stay fast."""
     if fresh_process:
-        return run_memory_case(__file__, ["--memory-case", f"{name}:{side}"])
-    return _memory_case(_all_configs()[name], side)
+        args = ["--memory-case", f"{name}:{side}", "--precision", precision]
+        return run_memory_case(__file__, args)
+    return _memory_case(_all_configs()[name], side, precision)
 
 
-def _memory_case(shape: dict[str, int], side: str) -> float:
+def _memory_case(shape: dict[str, int], side: str, precision: str = "fp32") -> float:
     # Warm up on a tiny model of the same side first, so that the library code and kernels that a
     # first step pages in are not counted as this config's memory.
     tiny = _build(QUICK_CONFIGS["tiny"], side)
-    _train_steps(*tiny, _batches(QUICK_CONFIGS["tiny"]))(2)
+    _train_steps(*tiny, _batches(QUICK_CONFIGS["tiny"]), precision)(2)
     del tiny
     model, optimizer = _build(shape, side)
-    run = _train_steps(model, optimizer, _batches(shape))
+    run = _train_steps(model, optimizer, _batches(shape), precision)
     return peak_rss_mib(lambda: run(_MEMORY_STEPS))
 
 

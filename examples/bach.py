@@ -4,16 +4,19 @@
     python examples/bach.py --out-dir runs/bach --resume              # continue from last.pt
     python examples/bach.py --midi-dir my_midi/ --out-dir runs/mine   # your own MIDI folder
     python examples/bach.py --out-dir runs/bach --evaluate last --temperature 0.8  # sample again
+    python examples/bach.py --out-dir runs/a --evaluate best --ensemble runs/b  # two models as one
 
 Needs the `music` extra (music21, for the corpus and MIDI/MusicXML files). Writes into --out-dir:
 metrics.jsonl, TensorBoard events (tb/), checkpoints/{last,best}.pt, tokenizer.json, loss.png,
 music.png, samples/*.mid and *.musicxml, results.md and results.json. `--evaluate best|last`
 trains nothing: it loads that checkpoint, samples it with the sampling flags given and writes
-the same samples and results into a new folder, eval_<checkpoint>_t<T>[_k<top_k>]_<rule>/ (rule:
-fill145, mono0, grammar, ... from --voices and --min-notes), leaving the training run's own
-files as they were. Samples are drawn under `VoiceLeading` (one note per voice at a time, every
-voice sounding, no <END> before --min-notes notes; --voices picks a looser constraint), so
-every sample decodes.
+the same samples and results into a new folder, eval_<checkpoint>_t<T>[_k<top_k>]_<rule>[_n<N>]
+[_ens<M>]/ (rule: fill145, mono0, grammar, ... from --voices and --min-notes; _n<N> when
+--sample-tokens is not 1200; _ens<M> for an ensemble of M runs), leaving the training run's own
+files as they were. `--ensemble RUN_DIR ...` samples `models.Ensemble` of this run and those
+runs (the same checkpoint name in each). Samples are drawn under `VoiceLeading` (one note per
+voice at a time, every voice sounding, no <END> before --min-notes notes; --voices picks a
+looser constraint), so every sample decodes.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from transformer_kit.metrics import music
 from transformer_kit.models import (
     GPT,
     BarPositionFeatures,
+    Ensemble,
     FeatureSum,
     GPTConfig,
     VoiceStateFeatures,
@@ -57,6 +61,7 @@ from transformer_kit.trainer import Trainer, TrainerConfig
 # What the trained model's shape depends on: --evaluate and --resume take these from run.json.
 MODEL_ARGS = ("n_layer", "n_head", "d_model", "d_ff", "block_size", "dropout", "voice_features")
 MONITOR = "music_combined"  # what best.pt is chosen by: 0.3 x loss component + 0.7 x music
+SAMPLE_TOKENS = 1200  # default --sample-tokens
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="score this many sets of --final-samples samples (other seeds) and report their "
         "spread: the score of one set of 32 moves by several points from seed to seed",
     )
-    parser.add_argument("--sample-tokens", type=int, default=1200)
+    parser.add_argument("--sample-tokens", type=int, default=SAMPLE_TOKENS)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument(
@@ -118,9 +123,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["best", "last"],
         help="train nothing: sample this checkpoint of --out-dir and write its results",
     )
+    parser.add_argument(
+        "--ensemble",
+        type=Path,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="with --evaluate: sample the product of experts (models.Ensemble, equal weights) "
+        "of this run's checkpoint and the same checkpoint of these runs (same tokenizer)",
+    )
     args = parser.parse_args(argv)
     if args.sample_sets < 1:
         parser.error(f"--sample-sets must be >= 1, got {args.sample_sets}")
+    if args.ensemble and args.evaluate is None:
+        parser.error("--ensemble needs --evaluate best|last: it only samples trained runs")
     return args
 
 
@@ -152,7 +167,7 @@ def encode(tokenizer: MusicTokenizer, pieces: Sequence[Piece]) -> np.ndarray:
 class Sampler:
     """Generates grammatical pieces from <START> with the current model (a fixed seed)."""
 
-    def __init__(self, model: GPT, tokenizer: MusicTokenizer, args: argparse.Namespace):
+    def __init__(self, model: nn.Module, tokenizer: MusicTokenizer, args: argparse.Namespace):
         self.model, self.tokenizer, self.args = model, tokenizer, args
         self.rule = (
             tokenizer.allowed_next
@@ -185,6 +200,60 @@ class Sampler:
         return self.pieces(
             self.args.eval_samples, self.args.sample_tokens // 2, seed=self.args.seed
         )
+
+
+def build_model(args: argparse.Namespace, tokenizer: MusicTokenizer) -> GPT:
+    """The GPT of a run: its shape from `args`, RoPE, bar-position (and voice-state) features."""
+    config = GPTConfig(
+        vocab_size=len(tokenizer.vocab),
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        d_model=args.d_model,
+        d_ff=args.d_ff,
+        block_size=args.block_size,
+        position="rope",  # relative positions (the seed's advice); generation past block_size
+        max_position=4096,
+        dropout=args.dropout,
+        pad_id=tokenizer.pad_id,
+    )
+    bar_features = BarPositionFeatures(
+        config.d_model,
+        time_values=tokenizer.time_values(),
+        bar_id=tokenizer.bar_id,
+        start_id=tokenizer.start_id,
+        resolution=tokenizer.grid,  # the onset grid: 1/8 of a quarter note
+        max_steps=round(4.0 / tokenizer.grid),  # a 4/4 bar; longer bars share the last row
+    )
+    features: nn.Module = bar_features
+    if args.voice_features:
+        voice_state = VoiceStateFeatures(
+            config.d_model,
+            time_values=tokenizer.time_values(),
+            duration_values=tokenizer.duration_values(),
+            voice_ids=list(tokenizer.voice_ids),
+            start_id=tokenizer.start_id,
+            resolution=tokenizer.grid,
+            max_steps=round(4.0 / tokenizer.grid),  # a whole note; longer waits share a row
+        )
+        features = FeatureSum([bar_features, voice_state])
+    return GPT(config, position_features=features)
+
+
+def load_member(run_dir: Path, args: argparse.Namespace, tokenizer: MusicTokenizer) -> GPT:
+    """`--ensemble`: the `--evaluate` checkpoint of another run, rebuilt from its run.json."""
+    if not (run_dir / "run.json").is_file() or not (run_dir / "tokenizer.json").is_file():
+        raise SystemExit(f"--ensemble {run_dir}: no run.json and tokenizer.json there")
+    if MusicTokenizer.load(run_dir / "tokenizer.json").to_dict() != tokenizer.to_dict():
+        raise SystemExit(f"--ensemble {run_dir}: its tokenizer differs from --out-dir's")
+    trained = json.loads((run_dir / "run.json").read_text())
+    trained.setdefault("voice_features", False)
+    member_args = copy.copy(args)
+    for name in MODEL_ARGS:
+        setattr(member_args, name, trained.get(name, getattr(args, name)))
+    model = build_model(member_args, tokenizer)
+    manager = CheckpointManager(run_dir / "checkpoints", monitor=MONITOR, mode="max")
+    model.load_state_dict(manager.load(args.evaluate)["model"])
+    return model.eval()
 
 
 def steps_for_budget(model: GPT, data: TokenDataset, args: argparse.Namespace) -> int:
@@ -229,39 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
 
     torch.manual_seed(args.seed)
-    config = GPTConfig(
-        vocab_size=len(tokenizer.vocab),
-        n_layer=args.n_layer,
-        n_head=args.n_head,
-        d_model=args.d_model,
-        d_ff=args.d_ff,
-        block_size=args.block_size,
-        position="rope",  # relative positions (the seed's advice); generation past block_size
-        max_position=4096,
-        dropout=args.dropout,
-        pad_id=tokenizer.pad_id,
-    )
-    bar_features = BarPositionFeatures(
-        config.d_model,
-        time_values=tokenizer.time_values(),
-        bar_id=tokenizer.bar_id,
-        start_id=tokenizer.start_id,
-        resolution=tokenizer.grid,  # the onset grid: 1/8 of a quarter note
-        max_steps=round(4.0 / tokenizer.grid),  # a 4/4 bar; longer bars share the last row
-    )
-    features: nn.Module = bar_features
-    if args.voice_features:
-        voice_state = VoiceStateFeatures(
-            config.d_model,
-            time_values=tokenizer.time_values(),
-            duration_values=tokenizer.duration_values(),
-            voice_ids=list(tokenizer.voice_ids),
-            start_id=tokenizer.start_id,
-            resolution=tokenizer.grid,
-            max_steps=round(4.0 / tokenizer.grid),  # a whole note; longer waits share a row
-        )
-        features = FeatureSum([bar_features, voice_state])
-    model = GPT(config, position_features=features)
+    model = build_model(args, tokenizer)
     print(f"model: {model.num_parameters():,} parameters")
     holdout = pieces["val"] + pieces["test"]
     profile = music.MusicProfile.from_pieces(pieces["train"])
@@ -353,11 +390,19 @@ def evaluate_checkpoint(
     manager = CheckpointManager(args.out_dir / "checkpoints", monitor=MONITOR, mode="max")
     checkpoint = manager.load(args.evaluate)
     model.load_state_dict(checkpoint["model"])
+    members = [load_member(run_dir, args, tokenizer) for run_dir in args.ensemble or []]
+    sampled: nn.Module = Ensemble([model, *members]) if members else model
+    sampler.model = sampled
     top_k = "" if args.top_k is None else f"_k{args.top_k}"
-    out = args.out_dir / f"eval_{args.evaluate}_t{args.temperature:g}{top_k}_{sampler.rule_name}"
+    tokens = "" if args.sample_tokens == SAMPLE_TOKENS else f"_n{args.sample_tokens}"
+    ensemble = f"_ens{1 + len(members)}" if members else ""
+    settings = f"t{args.temperature:g}{top_k}_{sampler.rule_name}{tokens}{ensemble}"
+    out = args.out_dir / f"eval_{args.evaluate}_{settings}"
     out.mkdir(exist_ok=True)
-    results = evaluate_and_write(model, sampler, tokenizer, streams, holdout, profile, args, out)
-    results.update(steps=checkpoint["step"], train_wall_s=None, params=model.num_parameters())
+    results = evaluate_and_write(sampled, sampler, tokenizer, streams, holdout, profile, args, out)
+    params = sum(m.num_parameters() for m in [model, *members])
+    results.update(steps=checkpoint["step"], train_wall_s=None, params=params)
+    results["ensemble"] = [str(run_dir) for run_dir in args.ensemble or []]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_table(results))
     print(results_table(results))
@@ -365,7 +410,7 @@ def evaluate_checkpoint(
 
 
 def evaluate_and_write(
-    model: GPT,
+    model: nn.Module,
     sampler: Sampler,
     tokenizer: MusicTokenizer,
     streams: dict[str, np.ndarray],

@@ -136,7 +136,7 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
-    folder = out / "eval_last_t0.8_k5_fill3"
+    folder = out / "eval_last_t0.8_k5_fill3_n60"  # _n60: --sample-tokens is not the default
     again_results = json.loads((folder / "results.json").read_text())
     assert again_results["steps"] == 6 and again_results["temperature"] == 0.8
     assert again_results["top_k"] == 5
@@ -150,6 +150,30 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     assert json.loads((out / "run.json").read_text())["voice_features"] is True
     assert any(p.suffix == ".mid" for p in (folder / "samples").iterdir())
     assert {p: p.read_bytes() for p in before} == before
+
+    # --ensemble: the run with itself is the same distribution (a product of two equal experts),
+    # so the same seeds draw the same samples as the run alone.
+    twice = subprocess.run(
+        [sys.executable, script, *args, "--evaluate", "last", "--temperature", "0.8",
+         "--top-k", "5", "--min-notes", "3", "--sample-sets", "2", "--ensemble", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert twice.returncode == 0, twice.stderr
+    paired = json.loads((out / "eval_last_t0.8_k5_fill3_n60_ens2" / "results.json").read_text())
+    assert paired["ensemble"] == [str(out)] and paired["params"] == 2 * again_results["params"]
+    assert paired["percent_of_bach_sets"] == pytest.approx(sets)
+    assert paired["samples"] == pytest.approx(again_results["samples"])
+    assert paired["test_nll"] == pytest.approx(again_results["test_nll"], rel=1e-5)
+    alone = subprocess.run(
+        [sys.executable, script, *args, "--ensemble", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert alone.returncode == 2 and "--ensemble needs --evaluate" in alone.stderr
+    stranger = subprocess.run(
+        [sys.executable, script, *args, "--evaluate", "last", "--ensemble", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert stranger.returncode != 0 and "no run.json and tokenizer.json" in stranger.stderr
 
     missing = subprocess.run(
         [sys.executable, script, "--out-dir", str(tmp_path / "nothing"), "--evaluate", "best"],

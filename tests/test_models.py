@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from transformer_kit.models import (
     GPT,
@@ -300,6 +301,56 @@ def test_logits_follow_autocast_dtype() -> None:
         out = _model()(ids, ids)
     assert out.logits.dtype == torch.bfloat16
     assert out.loss is not None and torch.isfinite(out.loss)
+
+
+class _AttentionDtypes(TorchDispatchMode):
+    """Records the dtype of the query reaching every CPU attention kernel, forward and backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = func.__name__
+        if "scaled_dot_product" in name or name.startswith(("bmm", "baddbmm", "_softmax")):
+            self.seen.append((name, args[0].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("padded", [False, True])
+def test_cpu_attention_runs_in_float32_under_bf16_autocast(position: str, padded: bool) -> None:
+    # torch 2.13's CPU attention kernels are several times slower in bfloat16 (bench_train.py
+    # --precision bf16), so the kit computes attention in float32 there, forward and backward.
+    model = _model(position=position).train()
+    ids = _ids(2, BLOCK)
+    mask = torch.ones(2, BLOCK, dtype=torch.bool)
+    if padded:
+        mask[0, :3] = False  # left padding sends attention through an explicit mask
+    with _AttentionDtypes() as recorded, torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, ids, attention_mask=mask if padded else None)
+    assert out.logits.dtype == torch.bfloat16  # the matmuls around attention stay low precision
+    assert out.loss is not None
+    with recorded:
+        out.loss.backward()
+    kernels = [name for name, _ in recorded.seen]
+    assert any("backward" in name for name in kernels), kernels
+    assert {dtype for _, dtype in recorded.seen} == {torch.float32}, recorded.seen
+    # Same function as float32: the gap is bf16 rounding of the matmuls, not a different model.
+    reference = _model(position=position)(ids, attention_mask=mask if padded else None).logits
+    assert_close(out.logits.float()[mask], reference[mask], atol=0.1, rtol=0.05)
+
+
+def test_cpu_attention_of_a_bf16_model_runs_in_float32_and_returns_bf16() -> None:
+    model = _model(position="rope").to(torch.bfloat16).eval()
+    ids = _ids(1, BLOCK)
+    with _AttentionDtypes() as recorded, torch.no_grad():
+        logits = model(ids).logits
+        cache = model.new_cache(1)
+        stepped = torch.cat([model(ids[:, t : t + 1], cache=cache).logits for t in range(BLOCK)], 1)
+    assert logits.dtype == stepped.dtype == torch.bfloat16
+    assert recorded.seen and {dtype for _, dtype in recorded.seen} == {torch.float32}
+    assert_close(stepped.float(), logits.float(), atol=0.05, rtol=0.05)
 
 
 @pytest.mark.parametrize("pad_id", [0, 3, None])

@@ -22,9 +22,10 @@ PUBLIC = {
         "Tokenizer", "VoiceLeading", "Vocabulary", "load_tokenizer",
     ],
     "models": [
-        "BarPositionFeatures", "Block", "CausalSelfAttention", "FeatureSum", "Float16Linear",
-        "GPT", "GPTConfig", "KVCache", "MLP", "MlpKind", "NormKind", "Output", "PositionKind",
-        "SwiGLU", "VoiceStateFeatures", "pack_float16_linears",
+        "BarPositionFeatures", "Block", "CausalSelfAttention", "Ensemble", "EnsembleCache",
+        "FeatureSum", "Float16Linear", "GPT", "GPTConfig", "KVCache", "MLP", "MlpKind",
+        "NormKind", "Output", "PositionKind", "SwiGLU", "VoiceStateFeatures",
+        "pack_float16_linears",
     ],
     "optim": ["CombinedOptimizer", "OptimizerName", "build_optimizer", "parameter_groups"],
     "data": [

@@ -20,6 +20,8 @@ from transformer_kit.models.positional import alibi_bias, alibi_slopes, apply_ro
 
 __all__ = ["CausalSelfAttention"]
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
 # Shapes: B batch, T new positions, S key positions (cached + new), C d_model, H query heads,
 # K key/value heads (H = G * K), D head dim (C = H * D).
 
@@ -95,10 +97,30 @@ class CausalSelfAttention(nn.Module):
                 # Under autocast q is in the low-precision dtype, the cache in the model's.
                 k, v = k.to(q.dtype), v.to(q.dtype)
 
+        dtype = q.dtype
+        # torch 2.13's CPU attention kernels are slower in bfloat16 / float16 than in float32
+        # (forward + backward 5x slower at B 12, H 4, T 64, D 32; see docs/benchmarks.md), so on
+        # the CPU attention runs in float32 and only its output goes back to the low precision.
+        upcast = q.device.type == "cpu" and dtype in _LOW_PRECISION
+        if upcast:
+            q, k, v = q.float(), k.float(), v.float()
         mask = None  # SDPA's is_causal without a cache; no mask for one new token
         if self.alibi or key_mask is not None or (start > 0 and T > 1):
             mask = self._mask(start, T, k.shape[2], q, key_mask)
-        y = F.scaled_dot_product_attention(  # scales by 1/sqrt(D) (Vaswani et al. 2017)
+        if upcast:
+            with torch.autocast("cpu", enabled=False):  # autocast would cast q, k, v back down
+                y = self._attend(q, k, v, mask, start, T).to(dtype)
+        else:
+            y = self._attend(q, k, v, mask, start, T)  # (B, H, T, D)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
+        # In eval mode dropout is the identity; skipping the call saves its overhead per token.
+        return self.dropout(y) if self.training else y
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, start: int, T: int
+    ) -> Tensor:
+        """softmax(q k^T / sqrt(D) + mask) v, (B, H, T, D); causal in SDPA if mask is None."""
+        return F.scaled_dot_product_attention(  # scales by 1/sqrt(D) (Vaswani et al. 2017)
             q,
             k,
             v,
@@ -106,11 +128,8 @@ class CausalSelfAttention(nn.Module):
             # is_causal masks as if query i sat at key position i: right only when T == S.
             is_causal=mask is None and start == 0 and T > 1,
             dropout_p=self.attn_dropout if self.training else 0.0,
-            enable_gqa=K != H,
-        )  # (B, H, T, D)
-        y = self.proj(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
-        # In eval mode dropout is the identity; skipping the call saves its overhead per token.
-        return self.dropout(y) if self.training else y
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
 
     def _mask(self, start: int, T: int, S: int, q: Tensor, key_mask: Tensor | None) -> Tensor:
         """The mask for T queries at slots `start ..` over keys 0 .. S - 1 (dtype, device of q).
