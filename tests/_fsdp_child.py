@@ -132,6 +132,7 @@ def main() -> None:
         for _, inputs, targets in batches(extra["step"], rank, world_size):
             train_step(model, optimizer, inputs, targets)
         save_full(model, args.out / "adam_resumed.pt")
+    del model, optimizer  # let go of the sharded parameters before their group is destroyed
     shutdown_distributed()
 
 

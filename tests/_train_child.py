@@ -117,6 +117,7 @@ def main() -> None:
     state = consolidate_to_full_state_dict(model) if args.fsdp else model.state_dict()
     if trainer.context.is_main:
         torch.save(state, args.out / "final.pt")
+    del trainer, model, state  # nothing may hold the process group once it is destroyed
     shutdown_distributed()
 
 

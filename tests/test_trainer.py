@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -438,6 +439,46 @@ def test_shutdown_distributed_destroys_the_group_and_is_a_no_op_without_one(tmp_
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     assert dist.is_initialized()
     shutdown_distributed()
+    assert not dist.is_initialized()
+
+
+def test_fit_lets_go_of_its_ddp_wrapper_and_wraps_again_for_another_fit(tmp_path, monkeypatch):
+    # A process group still held by DDP's reducer after destroy_process_group() dies whenever
+    # the trainer is collected; for gloo at interpreter exit that hung the two-process test.
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from transformer_kit.distributed import DistributedContext, shutdown_distributed
+    from transformer_kit.trainer import loop
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        # One real rank; the context only has to say "distributed" for the Trainer to use DDP.
+        monkeypatch.setattr(loop, "init_distributed", lambda device: DistributedContext(0, 1, 0))
+        monkeypatch.setattr(DistributedContext, "enabled", property(lambda self: True))
+        wrappers: list[str] = []
+
+        class Spy:
+            def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+                wrappers.append(type(trainer._forward).__name__)
+
+        trainer = make_trainer(max_steps=2, eval_every=2, callbacks=[Spy()])
+        held = weakref.ref(trainer._forward)
+        assert isinstance(held(), DistributedDataParallel)
+        trainer.fit()
+        gc.collect()
+        assert held() is None  # nothing keeps the reducer, nor through it the group
+        assert trainer._forward is trainer.model
+        trainer.config = dataclasses.replace(trainer.config, max_steps=4)
+        trainer.fit()  # trains on with a fresh DDP wrapper
+        assert wrappers == ["DistributedDataParallel"] * 4
+        assert trainer.step == 4 and trainer._forward is trainer.model
+    finally:
+        shutdown_distributed()
     assert not dist.is_initialized()
 
 

@@ -134,12 +134,17 @@ class Trainer:
         self.stop_requested = False
         self._tokens_per_s = 0.0
         # The module that runs forward passes: DDP and/or compile wrap the plain model.
-        self._forward: nn.Module = self.model
-        if self.context.enabled and not config.fsdp:
+        self._forward: nn.Module = self._wrap_model()
+
+    def _wrap_model(self) -> nn.Module:
+        """The plain model, wrapped in DDP when distributed without FSDP, compiled if asked."""
+        forward: nn.Module = self.model
+        if self.context.enabled and not self.config.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._forward = DistributedDataParallel(self.model, device_ids=ids)
-        if config.compile:
-            self._forward = torch.compile(self._forward)  # type: ignore[assignment]
+            forward = DistributedDataParallel(self.model, device_ids=ids)
+        if self.config.compile:
+            forward = torch.compile(forward)  # type: ignore[assignment]
+        return forward
 
     # ------------------------------------------------------------------ parts (overridable)
     def configure_optimizer(self) -> Optimizer:
@@ -193,11 +198,21 @@ class Trainer:
             The last evaluation's metrics (plus `step`).
         """
         cfg = self.config
+        uses_ddp = self.context.enabled and not cfg.fsdp
+        if uses_ddp and self._forward is self.model:  # a second fit(): wrap again
+            self._forward = self._wrap_model()
         try:
             last_eval = self._fit_loop()
         finally:
             # Even when the run fails: loggers flush what they buffer (TensorBoard holds events).
             self.logger.close()
+            if uses_ddp:
+                # DDP's reducer holds the process group. Let it go now, so that the group dies
+                # inside shutdown_distributed() rather than whenever this trainer is collected:
+                # a gloo group destroyed at interpreter exit can deadlock its worker thread on
+                # the GIL (seen as a hang in the two-process test). Evaluation after fit() runs
+                # on the plain model, which computes the same thing.
+                self._forward = self.model
         if cfg.restore_best and self.checkpoints is not None and self.checkpoints.exists("best"):
             self.model.load_state_dict(self.checkpoints.load("best")["model"])
         self._notify("on_train_end", last_eval)
