@@ -11,18 +11,19 @@ metrics.jsonl, TensorBoard events (tb/), checkpoints/{last,best}.pt, tokenizer.j
 music.png, samples/*.mid and *.musicxml, results.md and results.json. `--evaluate best|last`
 trains nothing: it loads that checkpoint, samples it with the sampling flags given and writes
 the same samples and results into a new folder, eval_<checkpoint>_t<T>[_k<top_k>]_<rule>[_n<N>]
-[_ens<M>]/ (rule: fill145, mono0, grammar, ... from --voices and --min-notes; _n<N> when
---sample-tokens is not 1200; _ens<M> for an ensemble of M runs), leaving the training run's own
-files as they were. `--ensemble RUN_DIR ...` samples `models.Ensemble` of this run and those
-runs (the same checkpoint name in each). Samples are drawn under `VoiceLeading` (one note per
-voice at a time, every voice sounding, no <END> before --min-notes notes; --voices picks a
-looser constraint), so every sample decodes.
+[_ens<M>-<hash>]/ (rule: fill145, mono0, grammar, ... from --voices and --min-notes; _n<N> when
+--sample-tokens is not 1200; _ens<M>-<hash> for an ensemble of M runs, the hash naming
+them), leaving the training run's own files as they were. `--ensemble RUN_DIR ...` samples
+`models.Ensemble` of this run and those runs (the same checkpoint name in each). Samples are
+drawn under `VoiceLeading` (one note per voice at a time, every voice sounding, no <END>
+before --min-notes notes; --voices picks a looser constraint), so every sample decodes.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import time
@@ -252,6 +253,8 @@ def load_member(run_dir: Path, args: argparse.Namespace, tokenizer: MusicTokeniz
         setattr(member_args, name, trained.get(name, getattr(args, name)))
     model = build_model(member_args, tokenizer)
     manager = CheckpointManager(run_dir / "checkpoints", monitor=MONITOR, mode="max")
+    if not manager.exists(args.evaluate):
+        raise SystemExit(f"--ensemble {run_dir}: no checkpoint {args.evaluate!r} there")
     model.load_state_dict(manager.load(args.evaluate)["model"])
     return model.eval()
 
@@ -395,7 +398,10 @@ def evaluate_checkpoint(
     sampler.model = sampled
     top_k = "" if args.top_k is None else f"_k{args.top_k}"
     tokens = "" if args.sample_tokens == SAMPLE_TOKENS else f"_n{args.sample_tokens}"
-    ensemble = f"_ens{1 + len(members)}" if members else ""
+    # Which runs, not only how many: another ensemble must not overwrite this one's folder.
+    runs = "\n".join(str(run_dir.resolve()) for run_dir in args.ensemble or [])
+    ensemble = f"_ens{1 + len(members)}-{hashlib.sha1(runs.encode()).hexdigest()[:6]}"
+    ensemble = ensemble if members else ""
     settings = f"t{args.temperature:g}{top_k}_{sampler.rule_name}{tokens}{ensemble}"
     out = args.out_dir / f"eval_{args.evaluate}_{settings}"
     out.mkdir(exist_ok=True)

@@ -80,9 +80,8 @@ def test_bench_train_bf16_runs_both_sides_under_autocast(capsys):
     result = bench_train.main(["--quick", "--precision", "bf16"])
     assert result["precision"] == "bf16"
     tiny = result["configs"]["tiny"]
+    assert set(tiny["tokens_per_s"]) == {"ours", "reference"}
     assert all(value > 0 for value in tiny["tokens_per_s"].values())
-    # The memory case re-runs in this process with the same precision: a peak is measured.
-    assert tiny["peak_mib"]["ours"] >= 0 and tiny["peak_mib"]["reference"] >= 0
 
 
 def test_bench_train_steps_use_the_precision_asked_for():

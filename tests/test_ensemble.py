@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,3 +184,23 @@ def test_a_cache_of_another_ensemble_is_refused() -> None:
         big(_ids(1, 2), cache=small.new_cache(1))
     with pytest.raises(ValueError, match="at least one KVCache"):
         EnsembleCache([])
+
+
+def test_member_caches_share_one_length_and_a_call_that_does_not_fit_changes_none() -> None:
+    ensemble = Ensemble(_members())  # context limits 16, 40 and 40
+    cache = ensemble.new_cache(1)
+    assert [c.max_length for c in cache.caches] == [16, 16, 16]
+    with torch.no_grad():
+        ensemble(_ids(1, 10), cache=cache)
+        with pytest.raises(ValueError, match="do not fit the cache"):
+            ensemble(_ids(1, 7), cache=cache)  # 10 + 7 > 16
+        with pytest.raises(ValueError, match=r"2 rows of 1 new tokens"):
+            ensemble(_ids(2, 1), cache=cache)
+    assert [c.length for c in cache.caches] == [10, 10, 10]
+
+
+def test_weights_may_be_any_real_numbers_and_targets_must_match_ids() -> None:
+    ensemble = Ensemble(_members()[:2], [np.float32(1.0), 3])
+    assert ensemble.weights == [0.25, 0.75]
+    with pytest.raises(ValueError, match=r"targets must have the shape of ids \(1, 4\)"):
+        ensemble(_ids(1, 4), _ids(1, 3))

@@ -159,7 +159,8 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert twice.returncode == 0, twice.stderr
-    paired = json.loads((out / "eval_last_t0.8_k5_fill3_n60_ens2" / "results.json").read_text())
+    (pair_folder,) = out.glob("eval_last_t0.8_k5_fill3_n60_ens2-*")  # -<hash of the runs>
+    paired = json.loads((pair_folder / "results.json").read_text())
     assert paired["ensemble"] == [str(out)] and paired["params"] == 2 * again_results["params"]
     assert paired["percent_of_bach_sets"] == pytest.approx(sets)
     assert paired["samples"] == pytest.approx(again_results["samples"])

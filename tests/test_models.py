@@ -341,6 +341,19 @@ def test_cpu_attention_runs_in_float32_under_bf16_autocast(position: str, padded
     assert_close(out.logits.float()[mask], reference[mask], atol=0.1, rtol=0.05)
 
 
+def test_cached_decoding_under_bf16_autocast_reads_the_float32_cache_as_it_is() -> None:
+    model = _model(position="rope").eval()
+    ids = _ids(1, BLOCK)
+    with _AttentionDtypes() as recorded, torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            full = model(ids).logits
+            cache = model.new_cache(1)
+            steps = [model(ids[:, t : t + 1], cache=cache).logits for t in range(BLOCK)]
+    assert cache.keys[0].dtype == torch.float32  # the cache keeps the model's dtype
+    assert {dtype for _, dtype in recorded.seen} == {torch.float32}
+    assert_close(torch.cat(steps, 1).float(), full.float(), atol=0.05, rtol=0.05)
+
+
 def test_cpu_attention_of_a_bf16_model_runs_in_float32_and_returns_bf16() -> None:
     model = _model(position="rope").to(torch.bfloat16).eval()
     ids = _ids(1, BLOCK)

@@ -93,17 +93,17 @@ class CausalSelfAttention(nn.Module):
             values[:, :, start : start + T] = v
             k = keys[:, :, : start + T]  # (B, K, S, D)
             v = values[:, :, : start + T]  # (B, K, S, D)
-            if k.dtype != q.dtype:
-                # Under autocast q is in the low-precision dtype, the cache in the model's.
-                k, v = k.to(q.dtype), v.to(q.dtype)
 
         dtype = q.dtype
         # torch 2.13's CPU attention kernels are slower in bfloat16 / float16 than in float32
         # (forward + backward 5x slower at B 12, H 4, T 64, D 32; see docs/benchmarks.md), so on
         # the CPU attention runs in float32 and only its output goes back to the low precision.
         upcast = q.device.type == "cpu" and dtype in _LOW_PRECISION
-        if upcast:
-            q, k, v = q.float(), k.float(), v.float()
+        work = torch.float32 if upcast else dtype
+        q = q.to(work)
+        if k.dtype != work:
+            # Under autocast the cache stays in the model's dtype: convert it once, if at all.
+            k, v = k.to(work), v.to(work)
         mask = None  # SDPA's is_causal without a cache; no mask for one new token
         if self.alibi or key_mask is not None or (start > 0 and T > 1):
             mask = self._mask(start, T, k.shape[2], q, key_mask)

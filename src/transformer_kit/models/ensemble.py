@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 from types import SimpleNamespace
 
 import torch  # noqa: F401  (used by the doctest)
@@ -36,8 +37,9 @@ class EnsembleCache:
     """One `KVCache` per member of an `Ensemble`, always at the same length.
 
     `Ensemble.new_cache` makes it; `Ensemble.forward(ids, cache=...)` feeds member i its cache
-    `caches[i]`. It offers what `generate` and `beam_search` use: `length`, `max_length`,
-    `batch_size`, `reset()`, `crop(n)` and `reorder(index)`.
+    `caches[i]`, after checking that the new tokens fit the smallest one. It offers what
+    `generate` and `beam_search` use: `length`, `max_length`, `batch_size`, `reset()`,
+    `crop(n)` and `reorder(index)`.
     """
 
     def __init__(self, caches: Sequence[KVCache]) -> None:
@@ -118,12 +120,12 @@ class Ensemble(nn.Module):
                 f"got {len(weights)}: {list(weights)!r}"
             )
         for w in weights:
-            if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w < math.inf:
+            if isinstance(w, bool) or not isinstance(w, Real) or not 0 < w < math.inf:
                 raise ValueError(
                     f"Ensemble: each weight must be a finite number > 0, got {w!r} in "
                     f"{list(weights)!r}"
                 )
-        total = float(sum(weights))
+        total = float(sum(float(w) for w in weights))
         self.models = nn.ModuleList(models)
         self.weights = [float(w) / total for w in weights]
         limits: list[int | None] = [
@@ -149,11 +151,25 @@ class Ensemble(nn.Module):
         `cache` comes from `new_cache`; `attention_mask` is passed to every member as it is.
         The loss is the mean cross-entropy over targets that are not `config.pad_id`.
         """
-        if cache is not None and len(cache.caches) != len(self.models):
+        if targets is not None and targets.shape != ids.shape:
             raise ValueError(
-                f"Ensemble.forward: cache has {len(cache.caches)} member caches but the "
-                f"ensemble has {len(self.models)} models; make it with ensemble.new_cache(B)"
+                f"Ensemble.forward: targets must have the shape of ids {tuple(ids.shape)}, "
+                f"got {tuple(targets.shape)}"
             )
+        if cache is not None:
+            # Checked before any member runs, so a refused call leaves every cache as it was.
+            if len(cache.caches) != len(self.models):
+                raise ValueError(
+                    f"Ensemble.forward: cache has {len(cache.caches)} member caches but the "
+                    f"ensemble has {len(self.models)} models; make it with ensemble.new_cache(B)"
+                )
+            end = cache.length + ids.size(1)
+            if end > cache.max_length or ids.size(0) != cache.batch_size:
+                raise ValueError(
+                    f"Ensemble.forward: {ids.size(0)} rows of {ids.size(1)} new tokens do not fit "
+                    f"the cache ({cache.batch_size} rows, length {cache.length} of "
+                    f"{cache.max_length})"
+                )
         mixed: Tensor | None = None
         for i, (model, weight) in enumerate(zip(self.models, self.weights, strict=True)):
             kwargs: dict[str, object] = {}
@@ -180,9 +196,14 @@ class Ensemble(nn.Module):
     def new_cache(self, batch_size: int, max_length: int | None = None) -> EnsembleCache:
         """An `EnsembleCache` holding `model.new_cache(batch_size, max_length)` per member.
 
+        None means `config.context_limit` (the smallest member's), so every member's cache has
+        the same length and none allocates more than the ensemble can use.
+
         Raises:
             TypeError: if a member has no `new_cache` (use `generate(..., use_cache=False)`).
         """
+        if max_length is None:
+            max_length = self.config.context_limit
         caches = []
         for i, model in enumerate(self.models):
             new_cache = getattr(model, "new_cache", None)

@@ -194,6 +194,11 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until `max_steps`, the time limit, early stopping or a callback says stop.
 
+        In a distributed run without FSDP the model trains inside DDP, and `fit()` drops that
+        wrapper when it returns or fails (see docs/trainer.md): `training_step` called after
+        `fit()` no longer averages gradients across ranks, and a compiled model compiles again
+        on the next `fit()`.
+
         Returns:
             The last evaluation's metrics (plus `step`).
         """
