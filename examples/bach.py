@@ -240,18 +240,26 @@ def build_model(args: argparse.Namespace, tokenizer: MusicTokenizer) -> GPT:
     return GPT(config, position_features=features)
 
 
+def with_run_shape(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
+    """A copy of `args` whose MODEL_ARGS are those the run in `run_dir` trained with (run.json).
+
+    Runs from before --voice-features existed had no voice features.
+    """
+    trained = json.loads((run_dir / "run.json").read_text())
+    trained.setdefault("voice_features", False)
+    shaped = copy.copy(args)
+    for name in MODEL_ARGS:
+        setattr(shaped, name, trained.get(name, getattr(args, name)))
+    return shaped
+
+
 def load_member(run_dir: Path, args: argparse.Namespace, tokenizer: MusicTokenizer) -> GPT:
     """`--ensemble`: the `--evaluate` checkpoint of another run, rebuilt from its run.json."""
     if not (run_dir / "run.json").is_file() or not (run_dir / "tokenizer.json").is_file():
         raise SystemExit(f"--ensemble {run_dir}: no run.json and tokenizer.json there")
     if MusicTokenizer.load(run_dir / "tokenizer.json").to_dict() != tokenizer.to_dict():
         raise SystemExit(f"--ensemble {run_dir}: its tokenizer differs from --out-dir's")
-    trained = json.loads((run_dir / "run.json").read_text())
-    trained.setdefault("voice_features", False)
-    member_args = copy.copy(args)
-    for name in MODEL_ARGS:
-        setattr(member_args, name, trained.get(name, getattr(args, name)))
-    model = build_model(member_args, tokenizer)
+    model = build_model(with_run_shape(args, run_dir), tokenizer)
     manager = CheckpointManager(run_dir / "checkpoints", monitor=MONITOR, mode="max")
     if not manager.exists(args.evaluate):
         raise SystemExit(f"--ensemble {run_dir}: no checkpoint {args.evaluate!r} there")
@@ -285,12 +293,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         raise SystemExit(f"--evaluate {args.evaluate}: no checkpoints/ in --out-dir {out}")
     out.mkdir(parents=True, exist_ok=True)
     if (args.evaluate is not None or args.resume) and (out / "run.json").exists():
-        # Rebuild the checkpoint's model, whatever the command line says about its shape; runs
-        # from before --voice-features existed had no voice features.
-        trained = json.loads((out / "run.json").read_text())
-        trained.setdefault("voice_features", False)
-        for name in MODEL_ARGS:
-            setattr(args, name, trained.get(name, getattr(args, name)))
+        # Rebuild the checkpoint's model, whatever the command line says about its shape.
+        args = with_run_shape(args, out)
     pieces = load_pieces(args)
     tokenizer = make_tokenizer(pieces, args)
     if args.evaluate is None:

@@ -99,11 +99,11 @@ class CausalSelfAttention(nn.Module):
         # (forward + backward 5x slower at B 12, H 4, T 64, D 32; see docs/benchmarks.md), so on
         # the CPU attention runs in float32 and only its output goes back to the low precision.
         upcast = q.device.type == "cpu" and dtype in _LOW_PRECISION
-        work = torch.float32 if upcast else dtype
-        q = q.to(work)
-        if k.dtype != work:
+        if upcast:
+            q = q.float()
+        if k.dtype != q.dtype:
             # Under autocast the cache stays in the model's dtype: convert it once, if at all.
-            k, v = k.to(work), v.to(work)
+            k, v = k.to(q.dtype), v.to(q.dtype)
         mask = None  # SDPA's is_causal without a cache; no mask for one new token
         if self.alibi or key_mask is not None or (start > 0 and T > 1):
             mask = self._mask(start, T, k.shape[2], q, key_mask)
