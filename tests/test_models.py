@@ -31,8 +31,8 @@ from transformer_kit.models import (
     NormKind,
     PositionKind,
 )
-from transformer_kit.models.layers import Float16Linear, pack_float16_linears
-from transformer_kit.models.positional import alibi_slopes, apply_rope
+from transformer_kit.models.layers import GELU, Float16Linear, pack_float16_linears
+from transformer_kit.models.positional import alibi_slopes, apply_rope, rope_tables, rotate
 
 # Shapes: B batch, T time, C d_model, H heads, K kv heads, D head dim, F ff dim, V vocab.
 
@@ -806,6 +806,83 @@ def test_rope_scores_depend_only_on_the_offset(shift: int, seed: int) -> None:
     moved = apply_rope(q, positions + shift) @ apply_rope(k, positions + shift).transpose(-1, -2)
     # float32 angles p * theta lose about p * 6e-8 rad, hence the tolerance at large shifts.
     assert_close(moved, scores, rtol=0, atol=1e-5 + 2e-6 * shift)
+
+
+@given(start=st.integers(0, 3000), seed=st.integers(0, 2**16), half=st.integers(1, 8))
+def test_rotate_by_rope_tables_equals_a_complex_rotation(start: int, seed: int, half: int) -> None:
+    x = torch.randn(2, 3, 5, 2 * half, generator=torch.Generator().manual_seed(seed))
+    tables = rope_tables(torch.arange(start, start + 5), 2 * half)
+    assert [tuple(t.shape) for t in tables] == [(5, 2 * half)] * 2
+    # float32 angles p * theta lose about p * 6e-8 rad, hence the tolerance at large positions.
+    expected = _rope64(x.double(), start)
+    assert_close(rotate(x, tables).double(), expected, rtol=0, atol=1e-5 + 1e-6 * start)
+    assert torch.equal(apply_rope(x, torch.arange(start, start + 5)), rotate(x, tables))
+
+
+def test_rope_tables_per_row_broadcast_over_heads() -> None:
+    positions = torch.tensor([[0, 0, 1], [3, 4, 5]])  # (B, T): a left-padded row, a plain row
+    cos, sin = rope_tables(positions, 4)
+    assert cos.shape == sin.shape == (2, 1, 3, 4)
+    plain_cos, plain_sin = rope_tables(torch.tensor([3, 4, 5]), 4)
+    assert torch.equal(cos[1, 0], plain_cos) and torch.equal(sin[1, 0], plain_sin)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_gpt_computes_rope_tables_once_per_forward(
+    qk_norm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformer_kit.models import attention as attention_module
+    from transformer_kit.models import gpt as gpt_module
+
+    model = _model(position="rope", n_layer=3, n_head=4, d_model=32, qk_norm=qk_norm).eval()
+    ids = _ids(2, 6, seed=1)
+    with torch.no_grad():
+        expected = model(ids).logits  # (B, T, V)
+    calls: list[str] = []
+
+    def counted(where: str):  # noqa: ANN202 - a test double for rope_tables
+        def tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+            calls.append(where)
+            return rope_tables(positions, head_dim)
+
+        return tables
+
+    monkeypatch.setattr(gpt_module, "rope_tables", counted("gpt"))
+    monkeypatch.setattr(attention_module, "rope_tables", counted("attention"))
+    with torch.no_grad():
+        cache = model.new_cache(2)
+        got = model(ids, cache=cache).logits
+        step = model(_ids(2, 1, seed=2), cache=cache).logits
+    assert calls == ["gpt", "gpt"]  # once per forward, for all three layers
+    assert_close(got, expected, rtol=0, atol=1e-6)
+    assert step.shape == (2, 1, VOCAB)
+    # Attention on its own, without tables, computes them from its slots.
+    attn, x = model.blocks[0].attn, torch.randn(2, 6, 32)
+    with torch.no_grad():
+        alone = attn(x)
+        given_tables = attn(x, rope=rope_tables(torch.arange(6), model.config.head_dim))
+    assert calls[-1] == "attention" and torch.equal(alone, given_tables)
+
+
+@pytest.mark.parametrize("n", [1, 1024, 65_536, 65_537])
+def test_gelu_equals_the_erf_formula_with_and_without_autograd(n: int) -> None:
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 5
+    expected = 0.5 * x.double() * (1 + torch.erf(x.double() / math.sqrt(2)))
+    act = GELU()
+    with torch.no_grad():
+        assert_close(act(x).double(), expected, rtol=0, atol=2e-6)
+    x.requires_grad_(True)
+    y = act(x)
+    assert y.grad_fn is not None
+    assert_close(y.detach().double(), expected, rtol=0, atol=2e-6)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    # d/dx x Phi(x) = Phi(x) + x phi(x)
+    xd = x.detach().double()
+    slope = 0.5 * (1 + torch.erf(xd / math.sqrt(2))) + xd * torch.exp(-xd * xd / 2) / math.sqrt(
+        2 * math.pi
+    )
+    assert_close(grad.double(), slope, rtol=0, atol=2e-6)
+    assert act.approximate == "none" and isinstance(act, nn.GELU)
 
 
 def test_sinusoidal_positions_match_the_formula() -> None:

@@ -24,7 +24,7 @@ from transformer_kit.models.attention import CausalSelfAttention
 from transformer_kit.models.cache import KVCache
 from transformer_kit.models.config import GPTConfig
 from transformer_kit.models.layers import _make_mlp, _make_norm
-from transformer_kit.models.positional import SinusoidalPositions
+from transformer_kit.models.positional import SinusoidalPositions, rope_tables
 
 __all__ = ["Block", "GPT", "Output"]
 
@@ -67,10 +67,11 @@ class Block(nn.Module):
         kv: tuple[Tensor, Tensor] | None = None,
         positions: Tensor | None = None,
         key_mask: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Map (B, T, C) to (B, T, C); the keywords as in `CausalSelfAttention.forward`."""
         attended = self.attn(
-            self.norm_1(x), start=start, kv=kv, positions=positions, key_mask=key_mask
+            self.norm_1(x), start=start, kv=kv, positions=positions, key_mask=key_mask, rope=rope
         )
         x = x + attended
         return x + self.mlp(self.norm_2(x))
@@ -212,16 +213,17 @@ class GPT(nn.Module):
         if self.training:  # dropout is the identity in eval mode; skip its call per token
             x = self.drop(x)
         recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        per_row = None if key_mask is None else positions  # RoPE angles per row
+        # RoPE's cosines and sines, once for every layer: per row when padded, else per slot.
+        rope = (
+            rope_tables(positions, self.config.head_dim) if self.config.position == "rope" else None
+        )
         for i, block in enumerate(self.blocks):
             if cache is not None:
-                x = block(x, start=start, kv=cache.layer(i), positions=per_row, key_mask=key_mask)
+                x = block(x, start=start, kv=cache.layer(i), key_mask=key_mask, rope=rope)
             elif recompute:
-                x = checkpoint(
-                    block, x, positions=per_row, key_mask=key_mask, use_reentrant=False
-                )  # (B, T, C)
+                x = checkpoint(block, x, key_mask=key_mask, rope=rope, use_reentrant=False)
             else:
-                x = block(x, positions=per_row, key_mask=key_mask)  # (B, T, C)
+                x = block(x, key_mask=key_mask, rope=rope)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         logits = self.head(self.norm_f(x))  # (B, T, V)

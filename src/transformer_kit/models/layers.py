@@ -11,6 +11,7 @@ inference copy of a model whose Linear weights are stored in float16, for faster
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +19,18 @@ from torch import Tensor, nn
 
 from transformer_kit.models.config import GPTConfig
 
-__all__ = ["MLP", "Float16Linear", "ReLUSquared", "SwiGLU", "pack_float16_linears"]
+__all__ = ["GELU", "MLP", "Float16Linear", "ReLUSquared", "SwiGLU", "pack_float16_linears"]
 
 # Shapes: B batch, T time, C d_model, F ff_dim.
 
 # nn.LayerNorm's default epsilon, used for RMSNorm too so that switching `norm` changes only the
 # mean-centring and the bias.
 _NORM_EPS = 1e-5
+# torch 2.13 runs float32 GELU on the CPU through oneDNN, which costs about 8 us per call
+# whatever the size: 6x its native erf kernel at 1024 values (one decoded token), 2x faster than
+# it at 400k values (a training batch). Below this many values, inference uses the erf formula.
+_SMALL_GELU = 65_536
+_SQRT_HALF = 1 / math.sqrt(2)
 
 
 class ReLUSquared(nn.Module):
@@ -33,6 +39,29 @@ class ReLUSquared(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Apply elementwise; any shape."""
         return F.relu(x).square()
+
+
+class GELU(nn.GELU):
+    """Exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (Hendrycks & Gimpel 2016), as `nn.GELU`.
+
+    The same function, computed as the formula in four in-place ops for small float32 CPU
+    inputs outside autograd (decoding a few tokens), where torch's oneDNN kernel costs more to
+    call than to run; that made a cached decoding step of the Bach model about 7% faster. Both
+    paths are within 1.1e-6 of a float64 reference. Everything else goes to `F.gelu`.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply elementwise; any shape."""
+        if (
+            x.numel() <= _SMALL_GELU
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and self.approximate == "none"
+        ):
+            y = torch.erf(x * _SQRT_HALF)
+            return y.add_(1.0).mul_(x).mul_(0.5)
+        return F.gelu(x, approximate=self.approximate)
 
 
 class MLP(nn.Module):
@@ -47,7 +76,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig, activation: nn.Module | None = None) -> None:
         super().__init__()
         self.fc = nn.Linear(config.d_model, config.ff_dim, bias=config.bias)
-        self.act = nn.GELU() if activation is None else activation
+        self.act = GELU() if activation is None else activation
         # Down projection into the residual stream; GPT scales its init (see GPT.__init__).
         self.proj = nn.Linear(config.ff_dim, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)

@@ -1,7 +1,9 @@
 """Position schemes: sinusoidal embeddings, rotary embeddings (RoPE) and ALiBi biases.
 
-Each is computed from integer positions on the fly (no tables, no buffers), so it works at any
-absolute position, on any device, and keeps float32 precision when the model is cast to bf16.
+Each is computed from integer positions on the fly (no stored tables, no buffers), so it works
+at any absolute position, on any device, and keeps float32 precision when the model is cast to
+bf16. RoPE's cosines and sines are computed once per forward (`rope_tables`) and shared by
+every layer.
 "Learned" positions are a plain `nn.Embedding` and need nothing here.
     >>> SinusoidalPositions(4)(torch.tensor([0])).tolist()
     [[0.0, 1.0, 0.0, 1.0]]
@@ -14,7 +16,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalPositions", "alibi_bias", "alibi_slopes", "apply_rope"]
+__all__ = [
+    "SinusoidalPositions",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rope",
+    "rope_tables",
+    "rotate",
+]
 
 # Shapes: B batch, H heads, T query positions, S key positions, C d_model, D head dim.
 
@@ -51,12 +60,47 @@ class SinusoidalPositions(nn.Module):
         return f"d_model={self.d_model}"
 
 
+def rope_tables(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """The cosines and signed sines that `rotate` applies, for RoPE at `positions`.
+
+    Computed once per forward and shared by every layer and by queries and keys: the angle of
+    channel pair i at position p is p * 10000^(-2i/D) (Su et al. 2021, eq. 15).
+
+    Args:
+        positions: (T,) integer positions shared by the batch, or (B, T) per row.
+        head_dim: D, even.
+
+    Returns:
+        `(cos, sin)`, float32, each (T, D) or (B, 1, T, D): `[cos, cos]` and `[-sin, sin]` over
+        the two halves of the head, so the rotation is two products and one sum.
+    """
+    half = head_dim // 2
+    exponents = torch.arange(half, device=positions.device, dtype=torch.float32)  # (D/2,)
+    inv_freq = _ROPE_BASE ** (-exponents / half)  # (D/2,): 10000^(-2i/D)
+    angles = positions.float()[..., None] * inv_freq  # (T, D/2) or (B, T, D/2)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, T, D/2): one set of angles per row, shared by heads
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)  # (..., T, D) each
+
+
+def rotate(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate queries or keys (B, H, T, D) by `rope_tables`; float32 math, x's dtype out.
+
+    Channel i is paired with channel i + D/2 (the "rotate half" layout of GPT-NeoX and LLaMA):
+    the first half becomes x1 cos - x2 sin and the second x2 cos + x1 sin.
+    """
+    cos, sin = tables
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    return (x32 * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)  # (B, H, T, D)
+
+
 def apply_rope(x: Tensor, positions: Tensor) -> Tensor:
     """Rotate queries or keys by their absolute positions (RoPE, Su et al. 2021).
 
-    Channel i is paired with channel i + D/2 (the "rotate half" layout of GPT-NeoX and LLaMA),
-    and the pair is rotated by the angle p * 10000^(-2i/D). The dot product of a rotated query at
-    p and key at s then depends on p - s only. Computed in float32, returned in x's dtype.
+    The dot product of a query rotated at p and a key rotated at s then depends on p - s only.
+    `rotate(x, rope_tables(positions, D))`; a model computes the tables once per forward.
 
     Args:
         x: queries or keys, (B, H, T, D) with D even.
@@ -66,16 +110,7 @@ def apply_rope(x: Tensor, positions: Tensor) -> Tensor:
     Returns:
         The rotated tensor, (B, H, T, D).
     """
-    half = x.shape[-1] // 2
-    exponents = torch.arange(half, device=x.device, dtype=torch.float32)  # (D/2,)
-    inv_freq = _ROPE_BASE ** (-exponents / half)  # (D/2,): 10000^(-2i/D)
-    angles = positions.float()[..., None] * inv_freq  # (T, D/2) or (B, T, D/2)
-    if angles.dim() == 3:
-        angles = angles[:, None]  # (B, 1, T, D/2): one set of angles per row, shared by heads
-    cos, sin = angles.cos(), angles.sin()  # each broadcast over (B, H, T, D/2)
-    x1, x2 = x.float().split(half, dim=-1)  # (B, H, T, D/2) each
-    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, D)
-    return rotated.to(x.dtype)
+    return rotate(x, rope_tables(positions, x.shape[-1]))
 
 
 def alibi_slopes(n_head: int, device: torch.device | str | None = None) -> Tensor:
