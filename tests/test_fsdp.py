@@ -116,6 +116,22 @@ def test_shard_model_shards_every_block_and_the_root(group):
 
 
 # ---------------------------------------------------------------- round trip, one process
+def test_mixed_precision_leaves_the_rope_tables_in_float32(group):
+    # FSDP2 casts a block's floating-point inputs to param_dtype; RoPE's angles must not be.
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    model = tiny(position="rope")
+    seen = []
+    model.blocks[0].attn.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["rope"].cos.dtype, args[0].dtype)),
+        with_kwargs=True,
+    )
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    shard_model(model, mixed_precision=policy)
+    model(torch.randint(0, 32, (1, 8)))
+    assert seen == [(torch.float32, torch.bfloat16)]
+
+
 def test_save_and_load_restore_weights_optimizer_and_extra(group, tmp_path):
     model, optimizer = sharded_with_adam()
     adam_step(model, optimizer, 0)

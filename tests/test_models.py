@@ -32,7 +32,13 @@ from transformer_kit.models import (
     PositionKind,
 )
 from transformer_kit.models.layers import GELU, Float16Linear, pack_float16_linears
-from transformer_kit.models.positional import alibi_slopes, apply_rope, rope_tables, rotate
+from transformer_kit.models.positional import (
+    RopeTables,
+    alibi_slopes,
+    apply_rope,
+    rope_tables,
+    rotate,
+)
 
 # Shapes: B batch, T time, C d_model, H heads, K kv heads, D head dim, F ff dim, V vocab.
 
@@ -812,7 +818,8 @@ def test_rope_scores_depend_only_on_the_offset(shift: int, seed: int) -> None:
 def test_rotate_by_rope_tables_equals_a_complex_rotation(start: int, seed: int, half: int) -> None:
     x = torch.randn(2, 3, 5, 2 * half, generator=torch.Generator().manual_seed(seed))
     tables = rope_tables(torch.arange(start, start + 5), 2 * half)
-    assert [tuple(t.shape) for t in tables] == [(5, 2 * half)] * 2
+    assert tables.cos.shape == tables.sin.shape == (5, 2 * half)
+    assert tables.cos.dtype == tables.sin.dtype == torch.float32
     # float32 angles p * theta lose about p * 6e-8 rad, hence the tolerance at large positions.
     expected = _rope64(x.double(), start)
     assert_close(rotate(x, tables).double(), expected, rtol=0, atol=1e-5 + 1e-6 * start)
@@ -821,10 +828,10 @@ def test_rotate_by_rope_tables_equals_a_complex_rotation(start: int, seed: int, 
 
 def test_rope_tables_per_row_broadcast_over_heads() -> None:
     positions = torch.tensor([[0, 0, 1], [3, 4, 5]])  # (B, T): a left-padded row, a plain row
-    cos, sin = rope_tables(positions, 4)
-    assert cos.shape == sin.shape == (2, 1, 3, 4)
-    plain_cos, plain_sin = rope_tables(torch.tensor([3, 4, 5]), 4)
-    assert torch.equal(cos[1, 0], plain_cos) and torch.equal(sin[1, 0], plain_sin)
+    tables = rope_tables(positions, 4)
+    assert tables.cos.shape == tables.sin.shape == (2, 1, 3, 4)
+    plain = rope_tables(torch.tensor([3, 4, 5]), 4)
+    assert torch.equal(tables.cos[1, 0], plain.cos) and torch.equal(tables.sin[1, 0], plain.sin)
 
 
 @pytest.mark.parametrize("qk_norm", [False, True])
@@ -841,7 +848,7 @@ def test_gpt_computes_rope_tables_once_per_forward(
     calls: list[str] = []
 
     def counted(where: str):  # noqa: ANN202 - a test double for rope_tables
-        def tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def tables(positions: torch.Tensor, head_dim: int) -> RopeTables:
             calls.append(where)
             return rope_tables(positions, head_dim)
 

@@ -16,7 +16,13 @@ from torch import Tensor, nn
 
 from transformer_kit.models.config import GPTConfig
 from transformer_kit.models.layers import _make_norm
-from transformer_kit.models.positional import alibi_bias, alibi_slopes, rope_tables, rotate
+from transformer_kit.models.positional import (
+    RopeTables,
+    alibi_bias,
+    alibi_slopes,
+    rope_tables,
+    rotate,
+)
 
 __all__ = ["CausalSelfAttention"]
 
@@ -60,7 +66,7 @@ class CausalSelfAttention(nn.Module):
         kv: tuple[Tensor, Tensor] | None = None,
         positions: Tensor | None = None,
         key_mask: Tensor | None = None,
-        rope: tuple[Tensor, Tensor] | None = None,
+        rope: RopeTables | None = None,
     ) -> Tensor:
         """Map (B, T, C) to (B, T, C).
 
@@ -75,28 +81,30 @@ class CausalSelfAttention(nn.Module):
             key_mask: (B, S) bool, False at padded key slots, which no query attends to (a
                 padded query attends to itself alone, so its row stays finite). None means
                 every key is real and keeps the mask-free SDPA path.
-            rope: `rope_tables` for these rows, which `GPT` computes once for all layers; None
-                means computed here from `positions` (or the slots). Ignored without RoPE.
+            rope: `rope_tables` for these rows, which `GPT` computes once for all layers; when
+                given, `positions` is not read. None means computed here from `positions` (or
+                the slots). Ignored without RoPE.
         """
         B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         # One view and one transpose for all three, then a split along the head axis: fewer small
         # ops than splitting first, which counts when decoding one token at a time.
         qkv = self.qkv(x).view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, T, D)
-        if self.rope and rope is None:
-            if positions is None:
+        tables = None
+        if self.rope:
+            if rope is None and positions is None:
                 positions = torch.arange(start, start + T, device=x.device)  # (T,)
-            rope = rope_tables(positions, D)  # (T, D) or (B, 1, T, D) each
-        if self.rope and self.q_norm is None:
+            tables = rope if rope is not None else rope_tables(positions, D)  # type: ignore[arg-type]
+        if tables is not None and self.q_norm is None:
             # Queries and keys are neighbouring heads of qkv: one rotation turns them both.
             qk, v = qkv.split([H + K, K], dim=1)  # (B, H + K, T, D), (B, K, T, D)
-            q, k = rotate(qk, rope).split([H, K], dim=1)  # type: ignore[arg-type]
+            q, k = rotate(qk, tables).split([H, K], dim=1)
         else:
             q, k, v = qkv.split([H, K, K], dim=1)  # (B, H, T, D), (B, K, T, D), (B, K, T, D)
             if self.q_norm is not None and self.k_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)  # over D, per head and position
-            if self.rope:
-                q, k = rotate(q, rope), rotate(k, rope)  # type: ignore[arg-type]
+            if tables is not None:
+                q, k = rotate(q, tables), rotate(k, tables)
         if kv is not None:
             keys, values = kv
             keys[:, :, start : start + T] = k

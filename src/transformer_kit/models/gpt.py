@@ -24,7 +24,7 @@ from transformer_kit.models.attention import CausalSelfAttention
 from transformer_kit.models.cache import KVCache
 from transformer_kit.models.config import GPTConfig
 from transformer_kit.models.layers import _make_mlp, _make_norm
-from transformer_kit.models.positional import SinusoidalPositions, rope_tables
+from transformer_kit.models.positional import RopeTables, SinusoidalPositions, rope_tables
 
 __all__ = ["Block", "GPT", "Output"]
 
@@ -67,7 +67,7 @@ class Block(nn.Module):
         kv: tuple[Tensor, Tensor] | None = None,
         positions: Tensor | None = None,
         key_mask: Tensor | None = None,
-        rope: tuple[Tensor, Tensor] | None = None,
+        rope: RopeTables | None = None,
     ) -> Tensor:
         """Map (B, T, C) to (B, T, C); the keywords as in `CausalSelfAttention.forward`."""
         attended = self.attn(

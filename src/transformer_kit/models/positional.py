@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "RopeTables",
     "SinusoidalPositions",
     "alibi_bias",
     "alibi_slopes",
@@ -60,7 +61,23 @@ class SinusoidalPositions(nn.Module):
         return f"d_model={self.d_model}"
 
 
-def rope_tables(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+class RopeTables:
+    """RoPE's cosines and signed sines for one forward, float32, from `rope_tables`.
+
+    `cos` holds `[cos, cos]` and `sin` holds `[-sin, sin]` over the two halves of a head, each
+    (T, D), or (B, 1, T, D) for per-row positions. A plain class, not a tuple: wrappers that
+    cast a block's floating-point inputs (FSDP2's mixed precision casts them to its
+    `param_dtype`) do not look inside it, so the angles stay float32 in a bf16 model.
+    """
+
+    __slots__ = ("cos", "sin")
+
+    def __init__(self, cos: Tensor, sin: Tensor) -> None:
+        self.cos = cos
+        self.sin = sin
+
+
+def rope_tables(positions: Tensor, head_dim: int) -> RopeTables:
     """The cosines and signed sines that `rotate` applies, for RoPE at `positions`.
 
     Computed once per forward and shared by every layer and by queries and keys: the angle of
@@ -71,8 +88,8 @@ def rope_tables(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
         head_dim: D, even.
 
     Returns:
-        `(cos, sin)`, float32, each (T, D) or (B, 1, T, D): `[cos, cos]` and `[-sin, sin]` over
-        the two halves of the head, so the rotation is two products and one sum.
+        The tables, float32, each (T, D) or (B, 1, T, D): rotating is then two products and
+        one sum.
     """
     half = head_dim // 2
     exponents = torch.arange(half, device=positions.device, dtype=torch.float32)  # (D/2,)
@@ -81,19 +98,19 @@ def rope_tables(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
     if angles.dim() == 3:
         angles = angles[:, None]  # (B, 1, T, D/2): one set of angles per row, shared by heads
     cos, sin = angles.cos(), angles.sin()
-    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)  # (..., T, D) each
+    return RopeTables(torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1))
 
 
-def rotate(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+def rotate(x: Tensor, tables: RopeTables) -> Tensor:
     """Rotate queries or keys (B, H, T, D) by `rope_tables`; float32 math, x's dtype out.
 
     Channel i is paired with channel i + D/2 (the "rotate half" layout of GPT-NeoX and LLaMA):
     the first half becomes x1 cos - x2 sin and the second x2 cos + x1 sin.
     """
-    cos, sin = tables
     x32 = x.float()
     x1, x2 = x32.chunk(2, dim=-1)  # (B, H, T, D/2) each
-    return (x32 * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)  # (B, H, T, D)
+    rotated = x32 * tables.cos + torch.cat([x2, x1], dim=-1) * tables.sin  # (B, H, T, D)
+    return rotated.to(x.dtype)
 
 
 def apply_rope(x: Tensor, positions: Tensor) -> Tensor:
