@@ -397,22 +397,24 @@ def evaluate_checkpoint(
     manager = CheckpointManager(args.out_dir / "checkpoints", monitor=MONITOR, mode="max")
     checkpoint = manager.load(args.evaluate)
     model.load_state_dict(checkpoint["model"])
-    members = [load_member(run_dir, args, tokenizer) for run_dir in args.ensemble or []]
+    run_dirs: list[Path] = args.ensemble or []
+    members = [load_member(run_dir, args, tokenizer) for run_dir in run_dirs]
     sampled: nn.Module = Ensemble([model, *members]) if members else model
     sampler.model = sampled
     top_k = "" if args.top_k is None else f"_k{args.top_k}"
     tokens = "" if args.sample_tokens == SAMPLE_TOKENS else f"_n{args.sample_tokens}"
-    # Which runs, not only how many: another ensemble must not overwrite this one's folder.
-    runs = "\n".join(str(run_dir.resolve()) for run_dir in args.ensemble or [])
-    ensemble = f"_ens{1 + len(members)}-{hashlib.sha1(runs.encode()).hexdigest()[:6]}"
-    ensemble = ensemble if members else ""
+    ensemble = ""
+    if members:
+        # Which runs, not only how many: another ensemble must not overwrite this one's folder.
+        runs = "\n".join(str(run_dir.resolve()) for run_dir in run_dirs)
+        ensemble = f"_ens{1 + len(members)}-{hashlib.sha1(runs.encode()).hexdigest()[:6]}"
     settings = f"t{args.temperature:g}{top_k}_{sampler.rule_name}{tokens}{ensemble}"
     out = args.out_dir / f"eval_{args.evaluate}_{settings}"
     out.mkdir(exist_ok=True)
     results = evaluate_and_write(sampled, sampler, tokenizer, streams, holdout, profile, args, out)
     params = sum(m.num_parameters() for m in [model, *members])
     results.update(steps=checkpoint["step"], train_wall_s=None, params=params)
-    results["ensemble"] = [str(run_dir) for run_dir in args.ensemble or []]
+    results["ensemble"] = [str(run_dir) for run_dir in run_dirs]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_table(results))
     print(results_table(results))

@@ -90,11 +90,12 @@ class CausalSelfAttention(nn.Module):
         # One view and one transpose for all three, then a split along the head axis: fewer small
         # ops than splitting first, which counts when decoding one token at a time.
         qkv = self.qkv(x).view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, T, D)
-        tables = None
-        if self.rope:
-            if rope is None and positions is None:
-                positions = torch.arange(start, start + T, device=x.device)  # (T,)
-            tables = rope if rope is not None else rope_tables(positions, D)  # type: ignore[arg-type]
+        tables = rope if self.rope else None
+        if self.rope and tables is None:
+            slots = (
+                torch.arange(start, start + T, device=x.device) if positions is None else positions
+            )
+            tables = rope_tables(slots, D)  # (T, D) or (B, 1, T, D) each
         if tables is not None and self.q_norm is None:
             # Queries and keys are neighbouring heads of qkv: one rotation turns them both.
             qk, v = qkv.split([H + K, K], dim=1)  # (B, H + K, T, D), (B, K, T, D)

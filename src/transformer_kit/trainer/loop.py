@@ -136,10 +136,15 @@ class Trainer:
         # The module that runs forward passes: DDP and/or compile wrap the plain model.
         self._forward: nn.Module = self._wrap_model()
 
+    @property
+    def _uses_ddp(self) -> bool:
+        """Whether forward passes run inside DDP: distributed, and not sharded by FSDP."""
+        return self.context.enabled and not self.config.fsdp
+
     def _wrap_model(self) -> nn.Module:
         """The plain model, wrapped in DDP when distributed without FSDP, compiled if asked."""
         forward: nn.Module = self.model
-        if self.context.enabled and not self.config.fsdp:
+        if self._uses_ddp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             forward = DistributedDataParallel(self.model, device_ids=ids)
         if self.config.compile:
@@ -203,15 +208,14 @@ class Trainer:
             The last evaluation's metrics (plus `step`).
         """
         cfg = self.config
-        uses_ddp = self.context.enabled and not cfg.fsdp
-        if uses_ddp and self._forward is self.model:  # a second fit(): wrap again
+        if self._uses_ddp and self._forward is self.model:  # a second fit(): wrap again
             self._forward = self._wrap_model()
         try:
             last_eval = self._fit_loop()
         finally:
             # Even when the run fails: loggers flush what they buffer (TensorBoard holds events).
             self.logger.close()
-            if uses_ddp:
+            if self._uses_ddp:
                 # DDP's reducer holds the process group. Let it go now, so that the group dies
                 # inside shutdown_distributed() rather than whenever this trainer is collected:
                 # a gloo group destroyed at interpreter exit can deadlock its worker thread on
