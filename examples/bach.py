@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from transformer_kit.augment import Compose, PitchShift, RhythmScale, three_stage
+from transformer_kit.averaging import inference_weights
 from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.data import (
     TokenDataset,
@@ -59,8 +60,11 @@ from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
 from transformer_kit.tokenization.events import Piece
 from transformer_kit.trainer import Trainer, TrainerConfig
 
-# What the trained model's shape depends on: --evaluate and --resume take these from run.json.
-MODEL_ARGS = ("n_layer", "n_head", "d_model", "d_ff", "block_size", "dropout", "voice_features")
+# What the trained model's shape and its weight average depend on: --evaluate and --resume take
+# these from run.json, whatever the command line says.
+MODEL_ARGS = (
+    "n_layer", "n_head", "d_model", "d_ff", "block_size", "dropout", "voice_features", "ema",
+)  # fmt: skip
 MONITOR = "music_combined"  # what best.pt is chosen by: 0.3 x loss component + 0.7 x music
 SAMPLE_TOKENS = 1200  # default --sample-tokens
 
@@ -83,6 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="evaluate, pick and sample a moving average of the weights (e.g. 0.995)",
+    )
     parser.add_argument("--patience", type=int, default=15, help="evaluations without gain")
     parser.add_argument("--rhythm", action="store_true", help="add x2 / x0.5 rhythm scaling")
     parser.add_argument(
@@ -263,7 +274,7 @@ def load_member(run_dir: Path, args: argparse.Namespace, tokenizer: MusicTokeniz
     manager = CheckpointManager(run_dir / "checkpoints", monitor=MONITOR, mode="max")
     if not manager.exists(args.evaluate):
         raise SystemExit(f"--ensemble {run_dir}: no checkpoint {args.evaluate!r} there")
-    model.load_state_dict(manager.load(args.evaluate)["model"])
+    model.load_state_dict(inference_weights(manager.load(args.evaluate)))
     return model.eval()
 
 
@@ -348,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         seed=args.seed,
         time_limit_s=None if args.budget_minutes is None else args.budget_minutes * 60 * 0.85,
         restore_best=True,
+        ema_decay=args.ema,
     )
     trainer = Trainer(
         model,
@@ -396,7 +408,7 @@ def evaluate_checkpoint(
     """`--evaluate`: load a checkpoint of the run, sample it, write results to a new folder."""
     manager = CheckpointManager(args.out_dir / "checkpoints", monitor=MONITOR, mode="max")
     checkpoint = manager.load(args.evaluate)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(inference_weights(checkpoint))
     run_dirs: list[Path] = args.ensemble or []
     members = [load_member(run_dir, args, tokenizer) for run_dir in run_dirs]
     sampled: nn.Module = Ensemble([model, *members]) if members else model

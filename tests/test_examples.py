@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from transformer_kit import cli
+from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +104,8 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     out = tmp_path / "run"
     args = ["--midi-dir", str(tmp_path / "midi"), "--out-dir", str(out), *BACH_TINY]
     script = str(ROOT / "examples" / "bach.py")
-    train_args = [*args, "--voice-features"]  # --resume and --evaluate read it from run.json
+    # --resume and --evaluate read these from run.json
+    train_args = [*args, "--voice-features", "--ema", "0.9"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(
         [sys.executable, script, *train_args, "--max-steps", "6"],
@@ -127,6 +130,9 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 6  # nothing logged twice
+    # The weight average went on through the resume, and evaluations judged it.
+    assert CheckpointManager(out / "checkpoints").load("last")["ema"]["updates"] == 7
+    assert all("raw_val_loss" in r for r in evaluations)
 
     # --evaluate samples a checkpoint again into its own folder; the run's files stay as they were.
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -203,3 +209,37 @@ def test_cli_generate_refuses_a_model_with_parts_a_plain_gpt_lacks(tmp_path):
     CheckpointManager(tmp_path / "checkpoints").save(state, step=1)
     with pytest.raises(SystemExit, match=r"lacks \(position_features\)"):
         cli.main(["generate", str(tmp_path), "--checkpoint", "last", "--prompt", "a"])
+
+
+def test_cli_generate_samples_the_weight_average_when_the_run_kept_one(tmp_path, capsys):
+    from transformer_kit.models import GPT, GPTConfig
+    from transformer_kit.sampling import generate
+    from transformer_kit.tokenization import CharTokenizer
+
+    tokenizer = CharTokenizer.fit("abcdefgh\n")
+    tokenizer.save(tmp_path / "tokenizer.json")
+    # Untied: a tied head at initialisation mostly repeats its input, whatever the seed.
+    config = GPTConfig(
+        vocab_size=len(tokenizer.vocab), n_layer=1, d_model=16, block_size=8, tie_weights=False
+    )
+    torch.manual_seed(0)
+    averaged = GPT(config).eval()
+    torch.manual_seed(1)
+    trained = GPT(config).eval()
+    state = {
+        "model": trained.state_dict(),
+        "ema": {"weights": averaged.state_dict(), "updates": 5},
+        "config": config.to_dict(),
+        "step": 1,
+    }
+    CheckpointManager(tmp_path / "checkpoints").save(state, step=1)
+    argv = ["generate", str(tmp_path), "--checkpoint", "last", "--prompt", "a"]
+    assert cli.main([*argv, "--temperature", "0", "--max-new-tokens", "12"]) == 0
+    printed = capsys.readouterr().out.strip()
+    prompt = torch.tensor([tokenizer.encode("a")])
+    greedy = {
+        name: tokenizer.decode(generate(model, prompt, 12, temperature=0)[0].tolist()).strip()
+        for name, model in [("averaged", averaged), ("trained", trained)]
+    }
+    assert greedy["averaged"] != greedy["trained"]  # the two weight sets are told apart
+    assert printed == greedy["averaged"]

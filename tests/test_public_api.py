@@ -53,6 +53,7 @@ PUBLIC = {
         "plot_metrics", "read_metrics",
     ],
     "early_stopping": ["CombinedScore", "EarlyStopping", "Mode"],
+    "averaging": ["EMA", "inference_weights"],
     "augment": [
         "Augmentation", "Compose", "PitchShift", "RandomCrop", "RandomTokenMask", "RhythmScale",
         "Stage", "StagedAugmentation", "three_stage",

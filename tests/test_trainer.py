@@ -528,3 +528,113 @@ def test_fsdp_needs_several_processes():
         make_trainer(fsdp=True)
     with pytest.raises(ValueError, match="spike_factor"):
         TrainerConfig(fsdp=True, spike_factor=3.0)
+
+
+def test_ema_run_evaluates_checkpoints_and_restores_the_average(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=8, eval_every=4, ema_decay=0.9)
+    final = trainer.fit()
+    last = trainer.checkpoints.load("last")
+    assert last["ema"]["updates"] == 9  # the copy at the start, then one per step
+    assert last["model"].keys() == last["ema"]["weights"].keys()
+    # The reported losses are the average's; raw_* are the trained weights' own.
+    judge = make_trainer()
+    judge.model.load_state_dict(last["ema"]["weights"])
+    assert final["val_loss"] == judge.evaluate()["val_loss"]
+    judge.model.load_state_dict(last["model"])
+    assert final["raw_val_loss"] == judge.evaluate()["val_loss"]
+    assert final["raw_val_loss"] != final["val_loss"]
+    # fit() leaves the trained weights in the model, not the average.
+    for key, value in last["model"].items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+
+
+def test_ema_resume_matches_an_uninterrupted_run(tmp_path):
+    straight = make_trainer(tmp_path / "a", max_steps=6, checkpoint_every=3, ema_decay=0.8)
+    straight.fit()
+
+    class StopAt3:
+        def on_step_end(self, trainer, metrics):
+            return trainer.step == 3
+
+    first = make_trainer(
+        tmp_path / "b", max_steps=6, checkpoint_every=3, ema_decay=0.8, callbacks=[StopAt3()]
+    )
+    first.fit()
+    state_at_3 = first.checkpoints.load("last")
+    second = make_trainer(tmp_path / "b", max_steps=6, checkpoint_every=3, ema_decay=0.8)
+    assert second.resume() and second.step == 3 and second.ema.updates == 4
+    second.fit()
+    for a, b in zip(straight.ema.module.parameters(), second.ema.module.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # A checkpoint without an average starts one from its weights (and says so).
+    third = make_trainer(max_steps=6, ema_decay=0.8)
+    state = dict(state_at_3, ema=None)
+    third.load_state_dict(state)
+    assert third.ema.updates == 1
+    for key, value in third.ema.module.state_dict().items():
+        assert torch.equal(value, state["model"][key]), key
+
+
+def test_restore_best_with_ema_loads_the_best_average(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, eval_every=3, ema_decay=0.9, restore_best=True)
+    trainer.fit()
+    best = trainer.checkpoints.load("best")
+    for key, value in best["ema"]["weights"].items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, True, "0.9"])
+def test_ema_decay_outside_the_open_interval_is_refused(decay):
+    with pytest.raises(
+        ValueError, match=rf"ema_decay must be a number in \(0, 1\) or None, got {decay!r}"
+    ):
+        TrainerConfig(ema_decay=decay)
+
+
+def test_ema_with_fsdp_is_refused_with_its_reason():
+    with pytest.raises(ValueError, match="ema_decay=0.9 is not supported with fsdp=True.*sharded"):
+        TrainerConfig(ema_decay=0.9, fsdp=True)
+
+
+def test_ema_evaluation_sees_the_average_and_leaves_the_trained_weights(tmp_path):
+    seen = {}
+
+    class Probe:
+        def on_evaluate(self, trainer, metrics):
+            seen["weights"] = weights(trainer.model)
+            seen["raw"] = metrics["raw_val_loss"]  # callbacks see the raw losses too
+
+    trainer = make_trainer(max_steps=4, eval_every=100, ema_decay=0.9, callbacks=[Probe()])
+    for _ in range(4):
+        trainer._optimizer_step()
+        trainer.step += 1
+    before = weights(trainer.model)
+    metrics = trainer._evaluate_and_report()
+    for key, value in trainer.ema.module.state_dict().items():
+        assert torch.equal(seen["weights"][key], value), key
+    for key, value in before.items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+    assert seen["raw"] == metrics["raw_val_loss"] != metrics["val_loss"]
+
+
+def test_ema_skips_non_finite_steps_and_rolls_back_with_the_model(tmp_path):
+    trainer = make_trainer(trainer_cls=NanAt, nan_steps={2}, max_steps=4, ema_decay=0.9)
+    trainer.fit()
+    assert trainer.bad_steps == 1 and trainer.ema.updates == 4  # 1 + three steps taken
+
+    trainer = make_trainer(
+        tmp_path, max_steps=4, checkpoint_every=2, ema_decay=0.9, spike_factor=5.0
+    )
+    for _ in range(2):
+        trainer._optimizer_step()
+        trainer.step += 1
+    trainer.save_checkpoint()
+    saved = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+    for _ in range(2):
+        trainer._optimizer_step()
+        trainer.step += 1
+    trainer.loss_mean = 1e-9  # any loss is a spike now
+    trainer._watch_for_spike(1.0)
+    assert trainer.rollbacks == 1 and trainer.ema.updates == 3
+    for key, value in saved.items():
+        assert torch.equal(trainer.ema.module.state_dict()[key], value), key

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from transformer_kit import sampling
 from transformer_kit._version import __version__
+from transformer_kit.averaging import inference_weights
 from transformer_kit.checkpoint import CheckpointManager
 from transformer_kit.logging import plot_metrics
 from transformer_kit.models import GPT, GPTConfig
@@ -37,13 +38,14 @@ def _generate(args: argparse.Namespace) -> int:
         )
     state = CheckpointManager(run / "checkpoints").load(args.checkpoint)
     model = GPT(GPTConfig.from_dict(state["config"]))
-    extra = sorted(_parts(state["model"]) - _parts(model.state_dict()))
+    weights = inference_weights(state)  # the weight average when the run kept one
+    extra = sorted(_parts(weights) - _parts(model.state_dict()))
     if extra:  # e.g. a position_features module, which the config alone cannot rebuild
         raise SystemExit(
             f"generate: the checkpoint's model has parts a plain GPT lacks ({', '.join(extra)}); "
             "rebuild that model in your own script and call transformer_kit.sampling.generate"
         )
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     prompt_ids = tokenizer.encode(args.prompt)
     if not prompt_ids:
         raise SystemExit("generate: --prompt must encode to at least one token")
@@ -64,7 +66,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parts(state: dict) -> set[str]:
+def _parts(state: Mapping[str, object]) -> set[str]:
     """The top-level module names of a state_dict: 'blocks' for 'blocks.0.attn.qkv.weight'."""
     return {key.split(".")[0] for key in state}
 

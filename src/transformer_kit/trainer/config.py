@@ -72,7 +72,12 @@ class TrainerConfig:
     """What a failed checkpoint write does: "raise" stops the run, "continue" logs and goes on.
     Either way the previous checkpoint stays intact."""
     restore_best: bool = False
-    """Load the best checkpoint's weights into the model when fit() ends."""
+    """Load the best checkpoint's weights into the model when fit() ends (the averaged ones
+    when `ema_decay` is set)."""
+    ema_decay: float | None = None
+    """Keep an exponential moving average of the weights with this decay (e.g. 0.995, about
+    the last 200 steps; see averaging.md). Evaluations, early stopping and `best` then judge
+    the averaged weights, and checkpoints hold both; None keeps no average."""
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batches")
@@ -130,6 +135,20 @@ class TrainerConfig:
                         f"TrainerConfig.{name}={value!r} is not supported with fsdp=True "
                         f"(allowed: {allowed}); sharded runs keep only the `last` checkpoint"
                     )
+        if self.fsdp and self.ema_decay is not None:
+            raise ValueError(
+                f"TrainerConfig.ema_decay={self.ema_decay!r} is not supported with fsdp=True "
+                "(allowed: None): a sharded weight average is not implemented"
+            )
+        if self.ema_decay is not None and not (
+            isinstance(self.ema_decay, float | int)
+            and not isinstance(self.ema_decay, bool)
+            and 0 < self.ema_decay < 1
+        ):
+            raise ValueError(
+                "TrainerConfig.ema_decay must be a number in (0, 1) or None, "
+                f"got {self.ema_decay!r}"
+            )
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ValueError(
                 f"TrainerConfig.time_limit_s must be > 0 or None, got {self.time_limit_s}"

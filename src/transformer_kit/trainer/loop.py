@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from transformer_kit import schedules
 from transformer_kit._version import __version__
+from transformer_kit.averaging import EMA, inference_weights
 from transformer_kit.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -135,6 +136,8 @@ class Trainer:
         self._tokens_per_s = 0.0
         # The module that runs forward passes: DDP and/or compile wrap the plain model.
         self._forward: nn.Module = self._wrap_model()
+        # After DDP's wrapper has broadcast rank 0's weights, so every rank averages the same.
+        self.ema = self.configure_ema()
 
     @property
     def _uses_ddp(self) -> bool:
@@ -180,6 +183,12 @@ class Trainer:
             min_ratio=self.config.min_lr_ratio,
         )
 
+    def configure_ema(self) -> EMA | None:
+        """The weight average of `TrainerConfig.ema_decay`, or None when it is not set."""
+        if self.config.ema_decay is None:
+            return None
+        return EMA(self.model, decay=self.config.ema_decay)
+
     def training_step(self, batch: Batch) -> Tensor:
         """Mean loss of one micro-batch over its non-ignored target tokens."""
         inputs, targets = batch
@@ -223,7 +232,7 @@ class Trainer:
                 # on the plain model, which computes the same thing.
                 self._forward = self.model
         if cfg.restore_best and self.checkpoints is not None and self.checkpoints.exists("best"):
-            self.model.load_state_dict(self.checkpoints.load("best")["model"])
+            self.model.load_state_dict(inference_weights(self.checkpoints.load("best")))
         self._notify("on_train_end", last_eval)
         return last_eval
 
@@ -296,11 +305,16 @@ class Trainer:
             math.isfinite(norm_value) or self.scaler is not None
         )
         if finite:
+            stepped = True
             if self.scaler is not None:
+                scale = self.scaler.get_scale()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                stepped = self.scaler.get_scale() >= scale  # the scale drops when it skipped
             else:
                 self.optimizer.step()
+            if self.ema is not None and stepped:
+                self.ema.update(self.model)
             self.consecutive_bad_steps = 0
         else:
             self.bad_steps += 1
@@ -341,9 +355,16 @@ class Trainer:
         Override it to add domain metrics (call super() first); the loop then passes the result
         to `on_evaluate` callbacks, early stopping, the loggers and the checkpoint manager.
         """
+        metrics: dict[str, float] = {"step": float(self.step), **self._losses()}
+        metrics.update(self._health_metrics())
+        return metrics
+
+    @torch.no_grad()
+    def _losses(self) -> dict[str, float]:
+        """Mean loss and perplexity of the current weights on each split."""
         was_training = self.model.training
         self.model.eval()
-        metrics: dict[str, float] = {"step": float(self.step)}
+        metrics: dict[str, float] = {}
         splits = {"train": self._train_eval_batches()}
         if self.val_data is not None:
             splits["val"] = self.val_data.eval_batches(
@@ -359,16 +380,23 @@ class Trainer:
             mean = reduced["loss_sum"] / max(reduced["tokens"], 1.0)
             metrics[f"{split}_loss"] = mean
             metrics[f"{split}_ppl"] = math.exp(min(mean, 80.0))
-        metrics.update(self._health_metrics())
         self.model.train(was_training)
         return metrics
 
     def _evaluate_and_report(self) -> dict[str, float]:
         # Callbacks see the metrics first and may add to them (a domain score computed from
-        # samples, say), so early stopping and the loggers see the complete set.
-        metrics = self.evaluate()
-        self._notify("on_evaluate", metrics)
-        if self.early_stopping is not None and self.early_stopping.update(metrics, step=self.step):
+        # samples, say), so early stopping and the loggers see the complete set. With an EMA
+        # all of that judges the averaged weights; `raw_*` are the trained weights' losses,
+        # computed first (a second pass over the evaluation batches).
+        raw = {} if self.ema is None else self._losses()
+        with contextlib.nullcontext() if self.ema is None else self.ema.applied(self.model):
+            metrics = self.evaluate()
+            metrics.update({f"raw_{key}": value for key, value in raw.items() if "loss" in key})
+            self._notify("on_evaluate", metrics)
+            stop = self.early_stopping is not None and self.early_stopping.update(
+                metrics, step=self.step
+            )
+        if stop:
             _log.info("early stopping at step %d", self.step)
             self.stop_requested = True
         self.log(metrics)
@@ -380,6 +408,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             **self._run_state(),
         }
 
@@ -420,6 +449,12 @@ class Trainer:
         if "model" in state:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+            else:  # a run that kept no average: start one from the restored weights
+                _log.warning("the checkpoint holds no weight average; starting one at this step")
+                self.ema.reset(self.model)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
