@@ -307,10 +307,12 @@ class Trainer:
         if finite:
             stepped = True
             if self.scaler is not None:
-                scale = self.scaler.get_scale()
+                # get_scale() syncs with the GPU: read it only when the average needs to know.
+                scale = self.scaler.get_scale() if self.ema is not None else 0.0
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                stepped = self.scaler.get_scale() >= scale  # the scale drops when it skipped
+                if self.ema is not None:
+                    stepped = self.scaler.get_scale() >= scale  # the scale drops when it skipped
             else:
                 self.optimizer.step()
             if self.ema is not None and stepped:
