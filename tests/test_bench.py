@@ -7,6 +7,7 @@ the kit's function from the kit's weights, and each script's --quick run must fi
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import bench_decode_options  # noqa: E402
 import bench_generate  # noqa: E402
+import bench_mfu  # noqa: E402
 import bench_train  # noqa: E402
 from reference_gpt import ReferenceGPT, generate_recompute, load_kit_state_dict  # noqa: E402
 
@@ -140,3 +142,25 @@ def test_memory_case_reports_a_peak(case, capsys):
     result = bench_generate.main(["--quick", "--memory-case", case])
     assert json.loads(capsys.readouterr().out) == result
     assert result["peak_mib"] >= 0
+
+
+def test_bench_mfu_quick_prints_its_json_and_computes_mfu(capsys):
+    result = bench_mfu.main(["--quick", "--device", "cpu", "--peak-tflops", "2"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(result))
+    assert printed["peak_flops"] == 2e12
+    eager = printed["modes"]["eager"]
+    config = GPTConfig(vocab_size=bench_mfu.QUICK_VOCAB, pad_id=None, **bench_mfu.QUICK)
+    assert eager["flops_per_token"] == GPT(config).flops_per_token()
+    seconds = eager["step_ms_median"] / 1e3
+    assert eager["tokens_per_s"] == pytest.approx(printed["tokens_per_step"] / seconds)
+    assert eager["mfu"] == pytest.approx(eager["flops_per_token"] * eager["tokens_per_s"] / 2e12)
+    assert all(math.isfinite(loss) for loss in eager["first_and_last_loss"])
+
+
+def test_bench_mfu_model_is_gpt2_small_sized():
+    config = GPTConfig(vocab_size=bench_mfu.GPT2_VOCAB, pad_id=None, **bench_mfu.GPT2_SMALL)
+    with torch.device("meta"):  # shapes only: no 0.5 GB of weights to initialise
+        model = GPT(config)
+    # 124.4 M with the padded vocabulary and tied head (GPT-2 small: 124 M).
+    assert 124.0e6 < model.num_parameters() < 124.6e6

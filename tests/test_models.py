@@ -31,6 +31,8 @@ from transformer_kit.models import (
     NormKind,
     PositionKind,
 )
+from transformer_kit.models import attention as attention_module
+from transformer_kit.models.attention import _matmul_attention
 from transformer_kit.models.layers import GELU, Float16Linear, pack_float16_linears
 from transformer_kit.models.positional import (
     RopeTables,
@@ -598,6 +600,93 @@ def test_sdpa_attention_equals_float64_masked_softmax(T: int, bias: bool) -> Non
         expected = _attention64(x.double(), attn, model.config)
     assert expected.abs().mean() > 0.1  # the comparison is not between near-zero tensors
     assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [1, 2, 9, 64, 128])
+def test_matmul_attention_equals_float64_sdpa_with_gradients(T: int) -> None:
+    generator = torch.Generator().manual_seed(T)
+    q, k, v = (
+        torch.randn(2, 3, T, 8, dtype=torch.float64, generator=generator).requires_grad_()
+        for _ in range(3)
+    )  # (B, H, T, D) each
+    upstream = torch.randn(2, 3, T, 8, dtype=torch.float64, generator=generator)
+    got = _matmul_attention(q, k, v)
+    got_grads = torch.autograd.grad(got, (q, k, v), upstream)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), upstream)
+    assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for name, got_grad, expected_grad in zip("qkv", got_grads, expected_grads, strict=True):
+        if T > 1 or name == "v":  # one key: its weight is 1 whatever q and k are
+            assert expected_grad.abs().mean() > 0.01  # not a comparison of near-zero gradients
+        assert_close(got_grad, expected_grad, rtol=1e-12, atol=1e-12)
+    # Causal: the first query sees only the first value.
+    assert_close(got[:, :, 0], v[:, :, 0], rtol=1e-12, atol=1e-12)
+
+
+def _matmul_attention_calls(
+    monkeypatch: pytest.MonkeyPatch, model: GPT, ids: torch.Tensor, **forward: object
+) -> int:
+    """How many times one forward + backward of `model` computed attention as matmuls."""
+    calls = []
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        calls.append(q.shape)
+        return _matmul_attention(q, k, v)
+
+    monkeypatch.setattr(attention_module, "_matmul_attention", spy)
+    out = model(ids, ids, **forward)
+    if out.loss is not None and out.loss.requires_grad:
+        out.loss.backward()
+    return len(calls)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "T", "expected"),
+    [
+        ({}, BLOCK, 2),  # float32 CPU training on a short sequence: every layer
+        ({"position": "rope", "qk_norm": True}, BLOCK, 2),
+        ({"block_size": 160}, 128, 2),
+        ({"block_size": 160}, 129, 0),  # longer: the fused kernel
+        ({"n_kv_head": 1}, BLOCK, 0),  # grouped-query attention stays in SDPA
+        ({"attn_dropout": 0.1}, BLOCK, 0),  # SDPA applies the attention dropout
+        ({"position": "alibi"}, BLOCK, 0),  # a bias mask
+    ],
+)
+def test_training_picks_matmul_attention_on_short_unmasked_sequences(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, object], T: int, expected: int
+) -> None:
+    model = _model(n_layer=2, **overrides).train()
+    assert _matmul_attention_calls(monkeypatch, model, _ids(2, T)) == expected
+
+
+def test_matmul_attention_only_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model(n_layer=2).train()
+    ids = _ids(2, BLOCK)
+    with torch.no_grad():  # inference: SDPA's forward alone is the faster one
+        assert _matmul_attention_calls(monkeypatch, model, ids) == 0
+    padded = torch.ones(2, BLOCK, dtype=torch.bool)
+    padded[0, :2] = False  # an explicit key mask
+    assert _matmul_attention_calls(monkeypatch, model, ids, attention_mask=padded) == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # q is upcast, autocast off inside
+        assert _matmul_attention_calls(monkeypatch, model, ids) == 2
+
+
+def test_training_step_gradients_do_not_depend_on_the_attention_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grads = []
+    for limit in (0, BLOCK):  # 0: SDPA everywhere; BLOCK: matmuls for every sequence here
+        monkeypatch.setattr(attention_module, "_MATMUL_ATTENTION_MAX_T", limit)
+        model = _model(d_ff=24, position="rope").train()
+        _scramble(model, seed=3, std=0.1)
+        loss = model(_ids(3, BLOCK, seed=4), _ids(3, BLOCK, seed=5)).loss
+        assert loss is not None
+        loss.backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        assert grad is not None and grads[1][name] is not None
+        assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -19,6 +19,7 @@ from transformer_kit.early_stopping import EarlyStopping
 from transformer_kit.logging import JSONLLogger, read_metrics
 from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.trainer import Trainer, TrainerConfig, TrainingError
+from transformer_kit.trainer._monitor import peak_flops
 
 HERE = Path(__file__).parent
 CHILD = HERE / "_train_child.py"
@@ -638,3 +639,27 @@ def test_ema_skips_non_finite_steps_and_rolls_back_with_the_model(tmp_path):
     assert trainer.rollbacks == 1 and trainer.ema.updates == 3
     for key, value in saved.items():
         assert torch.equal(trainer.ema.module.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H100 NVL", 835),
+        ("NVIDIA H200", 989),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA A10", 125),
+        ("NVIDIA L40S", 362),
+        ("NVIDIA L4", 121),
+        ("Tesla T4", None),
+    ],
+)
+def test_peak_flops_reads_the_board_from_the_device_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, tflops: int | None
+) -> None:
+    # The MFU metric divides by this peak: a PCIe H100 taken for an SXM one would read 24% low.
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    expected = None if tflops is None else tflops * 1e12
+    assert peak_flops(torch.device("cuda")) == expected
+    assert peak_flops(torch.device("cpu")) is None

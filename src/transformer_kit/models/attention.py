@@ -27,6 +27,11 @@ from transformer_kit.models.positional import (
 __all__ = ["CausalSelfAttention"]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+# Up to this many positions, a float32 CPU training step computes causal attention as batched
+# matmuls (`_matmul_attention`) instead of SDPA: torch 2.13's fused CPU kernel has a fixed cost
+# per call that its backward pays again, and on short sequences that outweighs the (B, H, T, T)
+# scores it saves. Measured in docs/benchmarks.md; beyond this length the fused kernel wins.
+_MATMUL_ATTENTION_MAX_T = 128
 
 # Shapes: B batch, T new positions, S key positions (cached + new), C d_model, H query heads,
 # K key/value heads (H = G * K), D head dim (C = H * D).
@@ -139,6 +144,19 @@ class CausalSelfAttention(nn.Module):
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, start: int, T: int
     ) -> Tensor:
         """softmax(q k^T / sqrt(D) + mask) v, (B, H, T, D); causal in SDPA if mask is None."""
+        if (
+            mask is None
+            and start == 0
+            and T <= _MATMUL_ATTENTION_MAX_T
+            and q.requires_grad
+            and torch.is_grad_enabled()
+            and q.dtype == torch.float32
+            and q.device.type == "cpu"
+            and self.n_kv_head == self.n_head
+            and not (self.training and self.attn_dropout > 0)
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return _matmul_attention(q, k, v)
         return F.scaled_dot_product_attention(  # scales by 1/sqrt(D) (Vaswani et al. 2017)
             q,
             k,
@@ -177,3 +195,21 @@ class CausalSelfAttention(nn.Module):
             # Left padding leaves real tokens contiguous, so slot distances are the true ones.
             return bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (B, H, T, S)
         return allowed[:, None]  # (B, 1, T, S) bool, True = attend
+
+
+def _matmul_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax(q k^T / sqrt(D)) v for (B, H, T, D) q, k, v, as three batched kernels.
+
+    The scale and the causal mask ride in one `baddbmm`, so forward and backward are a few
+    matmuls and one softmax. The (B H, T, T) weights are materialised and kept for the
+    backward, so `_attend` uses this on short sequences only (docs/models.md).
+    """
+    B, H, T, D = q.shape
+    future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+    scores = torch.baddbmm(  # (B H, T, T): q k^T / sqrt(D), -inf above the diagonal
+        future.expand(B * H, T, T),
+        q.reshape(B * H, T, D),
+        k.reshape(B * H, T, D).transpose(1, 2),
+        alpha=D**-0.5,
+    )
+    return torch.bmm(scores.softmax(dim=-1), v.reshape(B * H, T, D)).view(B, H, T, D)

@@ -8,8 +8,21 @@ import resource
 import torch
 from torch import nn
 
-# Dense bf16 peak of known accelerators, for model-FLOPs utilisation (vendor data sheets).
-_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+# Dense bf16 peak of known accelerators, for model-FLOPs utilisation (vendor data sheets: half
+# the "with sparsity" figure). The first key found in the device name wins, so the PCIe and NVL
+# boards come before their SXM namesakes, and L40S / L40 before L4.
+_PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,
+    "H200 NVL": 835e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
 
 
 def weight_norm(model: nn.Module) -> float:
@@ -42,6 +55,7 @@ def flops_per_token(model: nn.Module) -> float | None:
 
 
 def peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak FLOP/s of a known CUDA device, else None (CPUs, unknown GPUs)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
