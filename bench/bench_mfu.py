@@ -47,9 +47,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     """Run the benchmark, print its JSON result to stdout and return it."""
     args = _parse(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # for anything autocast leaves in float32
-        torch.backends.cudnn.allow_tf32 = True
     shape, vocab = (QUICK, QUICK_VOCAB) if args.quick else (GPT2_SMALL, GPT2_VOCAB)
     batch = args.batch or (2 if args.quick else 16)
     steps = args.steps or (2 if args.quick else 30)

@@ -308,10 +308,10 @@ class Trainer:
             stepped = True
             if self.scaler is not None:
                 # get_scale() syncs with the GPU: read it only when the average needs to know.
-                scale = self.scaler.get_scale() if self.ema is not None else 0.0
+                scale = None if self.ema is None else self.scaler.get_scale()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                if self.ema is not None:
+                if scale is not None:
                     stepped = self.scaler.get_scale() >= scale  # the scale drops when it skipped
             else:
                 self.optimizer.step()
