@@ -54,6 +54,7 @@ from transformer_kit.models import (
     FeatureSum,
     GPTConfig,
     VoiceStateFeatures,
+    pack_float16_linears,
 )
 from transformer_kit.sampling import generate
 from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
@@ -462,6 +463,16 @@ def evaluate_and_write(
     start = time.perf_counter()
     one = sampler.ids(1, 1000, seed=args.seed + 1, stop=False)
     seconds_1000 = time.perf_counter() - start
+    # The same 1000 tokens from a copy with float16 Linear weights (x86 CPUs: docs/models.md),
+    # timed only: the samples below come from the float32 model.
+    seconds_1000_float16 = None
+    if "fbgemm" in torch.backends.quantized.supported_engines:
+        fast = copy.copy(sampler)
+        fast.model = pack_float16_linears(model)
+        fast.ids(1, 32, seed=args.seed + 1, stop=False)
+        start = time.perf_counter()
+        fast.ids(1, 1000, seed=args.seed + 1, stop=False)
+        seconds_1000_float16 = round(time.perf_counter() - start, 2)
     ids = sampler.ids(args.final_samples, args.sample_tokens, seed=args.seed + 2)
     decoded = [tokenizer.decode(row) for row in [*ids.tolist(), *one.tolist()]]
     samples = [piece for piece in decoded if piece][: args.final_samples]
@@ -484,6 +495,7 @@ def evaluate_and_write(
         "min_notes": args.min_notes if args.voices != "grammar" else 0,
         "top_k": args.top_k,
         "seconds_1000_tokens": round(seconds_1000, 2),
+        "seconds_1000_tokens_float16": seconds_1000_float16,
         "decodable": sum(1 for p in decoded if p) / len(decoded),
         "samples": music.corpus_summary(samples),
         "held_out_bach": music.corpus_summary(holdout),
@@ -514,6 +526,8 @@ def results_table(results: dict[str, object]) -> str:
             f" (over {len(sets)} sets of samples: mean {sum(sets) / len(sets):.1f}%, "
             f"{min(sets):.1f}-{max(sets):.1f}%)"
         )
+    half = results.get("seconds_1000_tokens_float16")
+    float16 = "" if half is None else f" ({half} s with float16 Linear weights)"
     wall = results["train_wall_s"]
     trained = "" if wall is None else f", training {wall} s"
     lines += [
@@ -523,7 +537,7 @@ def results_table(results: dict[str, object]) -> str:
         f"constraint --voices {results['voices']}, min_notes {results['min_notes']}",
         f"- val loss {results['val_loss']:.4f}, test NLL {results['test_nll']:.4f} (nats/token)",
         f"- overall score: {results['percent_of_bach']:.1f}% of held-out Bach's{spread}",
-        f"- 1000 tokens generated in {results['seconds_1000_tokens']} s; "
+        f"- 1000 tokens generated in {results['seconds_1000_tokens']} s{float16}; "
         f"decodable {100 * float(results['decodable']):.0f}%",  # type: ignore[arg-type]
     ]
     return "\n".join(lines) + "\n"

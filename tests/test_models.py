@@ -6,10 +6,14 @@ import copy
 import dataclasses
 import doctest
 import functools
+import gc
 import importlib
+import io
 import itertools
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import get_args
 
@@ -32,6 +36,7 @@ from transformer_kit.models import (
     PositionKind,
 )
 from transformer_kit.models import attention as attention_module
+from transformer_kit.models import layers as layers_module
 from transformer_kit.models.attention import _matmul_attention
 from transformer_kit.models.layers import GELU, Float16Linear, pack_float16_linears
 from transformer_kit.models.positional import (
@@ -1549,6 +1554,101 @@ def test_float16_linear_refuses_weights_it_cannot_pack() -> None:
         Float16Linear(nn.Linear(4, 2).double())
     with pytest.raises(ValueError, match=r"float32 CPU weight, got torch.float64"):
         pack_float16_linears(nn.Sequential(nn.Linear(4, 2)).double())
+
+
+def _rounded_linear(seed: int, bias: bool) -> tuple[nn.Linear, nn.Linear]:
+    """A float32 Linear and its copy with the weight rounded to float16 (the reference)."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(24, 40, bias=bias)
+    rounded = copy.deepcopy(linear)
+    with torch.no_grad():
+        rounded.weight.copy_(rounded.weight.half().float())
+    return linear, rounded
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [1, 3, layers_module._ROWS_KERNEL_MAX, 17, 64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_float16_linear_picks_its_kernel_by_rows_and_threads(
+    rows: int, threads: int, bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    linear, rounded = _rounded_linear(seed=rows, bias=bias)
+    calls = []
+    rows_kernel = torch.fbgemm_linear_fp16_weight
+
+    def spy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return rows_kernel(x, weight, bias)
+
+    packed = Float16Linear(linear)
+    monkeypatch.setattr(torch, "fbgemm_linear_fp16_weight", spy)
+    x = torch.randn(1, rows, 24)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            out = packed(x)
+    finally:
+        torch.set_num_threads(before)
+    assert out.shape == (1, rows, 40)
+    with torch.no_grad():
+        assert_close(out, rounded(x), rtol=1e-5, atol=1e-5)
+    few = rows <= layers_module._ROWS_KERNEL_MAX or threads == 1
+    assert calls == ([(rows, 24)] if few else [])
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("bias", [True, False])
+def test_float16_linear_survives_copy_pickle_and_the_original_being_freed(bias: bool) -> None:
+    linear, rounded = _rounded_linear(seed=11, bias=bias)
+    packed = Float16Linear(linear)
+    copied = copy.deepcopy(packed)
+    buffer = io.BytesIO()
+    torch.save(packed, buffer)
+    # The few-rows packing is a raw pointer into memory its owner frees: a copy that shared it
+    # would read freed memory once the original is gone. Each copy must hold its own.
+    assert packed._rows is not None and copied._rows is not None
+    assert not torch.equal(copied._rows[0], packed._rows[0])
+    del packed
+    gc.collect()
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.randn(2, 24)
+    with torch.no_grad():
+        for module in (copied, loaded):
+            assert module._rows is not None
+            assert_close(module(x), rounded(x), rtol=1e-5, atol=1e-5)
+            assert_close(module(x.repeat(40, 1)), rounded(x.repeat(40, 1)), rtol=1e-5, atol=1e-5)
+
+
+@needs_fbgemm
+def test_float16_linear_without_the_rows_kernel_uses_the_threaded_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(layers_module, "_HAS_ROWS_KERNEL", False)
+    linear, rounded = _rounded_linear(seed=12, bias=True)
+    packed = Float16Linear(linear)
+    assert packed._rows is None
+    x = torch.randn(1, 24)
+    with torch.no_grad():
+        assert_close(packed(x), rounded(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_fbgemm
+def test_float16_linear_emits_no_deprecation_warning() -> None:
+    # torch warns once per process, so only a fresh process shows whether the warning escapes.
+    code = (
+        "import torch\n"
+        "from transformer_kit.models import Float16Linear\n"
+        "with torch.no_grad():\n"
+        "    Float16Linear(torch.nn.Linear(4, 2))(torch.ones(1, 4))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "deprecated" not in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -220,3 +220,50 @@ def test_overlap_and_silence_checks_see_a_broken_piece() -> None:
     piece = [NoteEvent(60, 1, 0.0, 2.0), NoteEvent(62, 1, 1.0, 1.0), NoteEvent(64, 2, 1.5, 1.0)]
     assert _overlaps(piece) == 1
     assert (0.0, 2) in _silent_points(piece, 2, 0.5)
+
+
+def _walk(tok: MusicTokenizer, choices: list[int]) -> list[int]:
+    """A grammatical stream from <START>: each choice picks one of the grammar's next ids."""
+    ids = [tok.start_id]
+    for choice in choices:
+        allowed = sorted(tok.allowed_next(ids))
+        ids.append(allowed[choice % len(allowed)])
+    return ids
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.integers(0, 10**6), max_size=60), min_size=1, max_size=4),
+    fill=st.booleans(),
+)
+def test_remembered_prefixes_answer_as_a_fresh_scan_does(rows: list[list[int]], fill: bool) -> None:
+    streams = [_walk(TOK, choices) for choices in rows]
+    rule = VoiceLeading(TOK, fill=fill, min_notes=3)
+    steps: list[int] = []
+    advance = rule._advance
+
+    def counted(state: voicing_module._State, ids: tuple[int, ...]) -> voicing_module._State:
+        steps.append(len(ids))
+        return advance(state, ids)
+
+    rule._advance = counted  # type: ignore[method-assign]
+    # Rows grow one token at a time, interleaved, as generate asks about a batch.
+    for length in range(1, max(len(s) for s in streams) + 1):
+        for stream in streams:
+            if length <= len(stream):
+                prefix = stream[:length]
+                fresh = VoiceLeading(TOK, fill=fill, min_notes=3)
+                assert rule(prefix) == fresh(prefix)
+                assert rule._scan(prefix) == fresh._scan(prefix)
+    assert set(steps) == {1}  # every prefix was one token past a remembered one
+
+
+def test_remembers_a_bounded_number_of_prefixes() -> None:
+    rule = VoiceLeading(TOK)
+    stream = _walk(TOK, list(range(2 * voicing_module._REMEMBERED)))
+    for length in range(1, len(stream) + 1):
+        rule(stream[:length])
+    assert len(rule._states) == voicing_module._REMEMBERED
+    assert tuple(stream) in rule._states  # the newest stays
+    # A prefix it forgot is scanned again from the start, with the same answer.
+    assert rule(stream[:5]) == VoiceLeading(TOK)(stream[:5])

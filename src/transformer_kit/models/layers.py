@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,13 @@ _NORM_EPS = 1e-5
 # it at 400k values (a training batch). Below this many values, inference uses the erf formula.
 _SMALL_GELU = 65_536
 _SQRT_HALF = 1 / math.sqrt(2)
+# Float16Linear: torch.fbgemm_linear_fp16_weight (one thread, least overhead) up to this many
+# input rows; at 2 threads it was 1.6x faster than the threaded kernel at 8 rows, even at 32,
+# and 0.7x as fast at 256 (docs/benchmarks.md).
+_ROWS_KERNEL_MAX = 16
+_HAS_ROWS_KERNEL = hasattr(torch, "fbgemm_linear_fp16_weight") and hasattr(
+    torch, "fbgemm_pack_gemm_matrix_fp16"
+)
 
 
 class ReLUSquared(nn.Module):
@@ -130,13 +138,24 @@ class Float16Linear(nn.Module):
 
     It computes `F.linear(x, weight.half().float(), bias)`: only the stored weight is rounded
     to float16 (a relative error of at most 2^-11 per entry); inputs, sums, bias and outputs
-    stay float32. The weight is packed once for fbgemm's fp16 matrix kernel
-    (`torch.ops.quantized.linear_prepack_fp16`, x86 CPUs), which reads half the bytes of the
-    float32 weight. Decoding one token at batch 1 is bound by reading the weights: on a 2-core
-    AVX2 CPU these Linears ran 1.5-2.1x faster than float32 ones (docs/benchmarks.md).
+    stay float32. The weight is packed once for fbgemm's fp16 matrix kernels (x86 CPUs), which
+    read half the bytes of the float32 weight. Decoding one token at batch 1 is bound by
+    reading the weights.
 
+    There are two packings of the same rounded weight, each used where it is faster (measured
+    on a 2-core AVX2 CPU, docs/benchmarks.md):
+
+    - up to `_ROWS_KERNEL_MAX` input rows (or at one intra-op thread): `torch.
+      fbgemm_linear_fp16_weight`, whose call costs least; at one row it ran 2.3-3x faster than
+      float32 `F.linear`. It runs on one thread, and torch marks it deprecated, so builds
+      without it use the other kernel for every call;
+    - more rows: `torch.ops.quantized.linear_dynamic_fp16`, which splits the rows over torch's
+      threads (prefill, large batches).
+
+    The two packings together take as many bytes as the float32 weight; each call reads one.
     It holds no parameters or buffers (nothing to train, nothing in `state_dict`): convert a
-    trained float32 model with `pack_float16_linears` and keep that model for saving.
+    trained float32 model with `pack_float16_linears` and keep that model for saving. Copies
+    (`copy.deepcopy`) and pickles rebuild the packings.
 
     Args:
         linear: the float32 CPU layer whose weight and bias are copied; it is left unchanged.
@@ -157,10 +176,43 @@ class Float16Linear(nn.Module):
         self.out_features = linear.out_features
         bias = None if linear.bias is None else linear.bias.detach().clone()
         self._packed = torch.ops.quantized.linear_prepack_fp16(weight, bias)
+        # The few-rows packing: fbgemm's packed weight (a raw pointer) and the bias.
+        self._rows: tuple[Tensor, Tensor] | None = None
+        self._pack_rows()
+
+    def _pack_rows(self) -> None:
+        """Build the few-rows packing from `_packed` (it is a raw pointer: never copied)."""
+        if not _HAS_ROWS_KERNEL:
+            return
+        weight, bias = torch.ops.quantized.linear_unpack_fp16(self._packed)  # rounded, float32
+        if bias is None:  # the kernel takes a bias; zeros add nothing
+            bias = torch.zeros(self.out_features)
+        with warnings.catch_warnings():
+            # torch warns once per process that these functions are deprecated; pack and run
+            # one row here so that the warning is spent where it is silenced.
+            warnings.filterwarnings("ignore", message=r".*deprecated", category=UserWarning)
+            packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
+            torch.fbgemm_linear_fp16_weight(torch.zeros(1, self.in_features), packed, bias)
+        self._rows = (packed, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map float32 (..., in_features) to float32 (..., out_features)."""
+        rows = x.numel() // max(1, x.shape[-1])
+        if self._rows is not None and (rows <= _ROWS_KERNEL_MAX or torch.get_num_threads() == 1):
+            flat = x.reshape(rows, x.shape[-1])  # (rows, in)
+            out = torch.fbgemm_linear_fp16_weight(flat, *self._rows)
+            return out.view(*x.shape[:-1], self.out_features)
         return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Everything but the few-rows packing, which `__setstate__` rebuilds."""
+        state = self.__dict__.copy()
+        state["_rows"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        super().__setstate__(state)
+        self._pack_rows()
 
     def extra_repr(self) -> str:
         """Show the widths in the module's repr, as nn.Linear does."""

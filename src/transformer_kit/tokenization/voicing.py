@@ -21,6 +21,12 @@ from transformer_kit.tokenization.music import MusicTokenizer
 
 __all__ = ["VoiceLeading"]
 
+# How many prefixes' scan states a VoiceLeading keeps: enough for every row of a sampled batch
+# (each row asks about its own prefix, one token longer each step).
+_REMEMBERED = 256
+# (clock, each voice's end, voice, duration, notes, ended): see VoiceLeading._scan.
+_State = tuple[int, tuple[int, ...], int, int | None, int, bool]
+
 
 class VoiceLeading:
     """A `generate(..., allowed_next=...)` constraint: the tokenizer's grammar and voice rules.
@@ -42,7 +48,10 @@ class VoiceLeading:
       piece thus ends on a chord that all voices release together, as every chorale does.
 
     If the rules would leave nothing, the grammar's own choices are returned, so a constrained
-    stream always stays decodable. Time per call grows with the prefix (one pass over it).
+    stream always stays decodable. The state after each prefix is remembered (the last
+    `_REMEMBERED` prefixes), so a prefix one token longer than one seen before costs one step,
+    not a pass over it: sampling calls the rule once per row per token with the row's growing
+    prefix. Any other prefix is scanned from its start, with the same result.
 
     Args:
         tokenizer: the `MusicTokenizer` whose ids are generated.
@@ -82,6 +91,8 @@ class VoiceLeading:
         self._notes = set(tokenizer.note_ids)
         self._times = set(tokenizer.time_ids)
         self._bar_id, self._rest_id = tokenizer.bar_id, tokenizer.rest_id
+        # Scan state after each recent prefix, oldest first (dicts keep insertion order).
+        self._states: dict[tuple[int, ...], _State] = {}
 
     def __call__(self, ids: Sequence[int]) -> list[int]:
         """The ids allowed after the prefix `ids` (`list[int]`, prompt included)."""
@@ -123,15 +134,34 @@ class VoiceLeading:
         Returns `(clock, ends, voice, duration, notes)`: `voice` is the voice index of a note
         whose `<VOICE>` has been read but not yet its `<TIME>` (else -1), `duration` its length
         in grid units once its `<DUR>` is read (else None), `notes` the notes completed.
+        Reading stops at the first `<END>`.
         """
-        tok = self.tokenizer
-        clock = 0
-        ends = [0] * len(tok.voice_ids)
-        voice, duration = -1, None
-        notes = 0
-        end_id = tok.end_id
+        key = tuple(ids)
+        state = self._states.get(key)
+        if state is None:
+            parent = self._states.get(key[:-1]) if key else None
+            if parent is None:
+                state = self._advance(
+                    (0, (0,) * len(self.tokenizer.voice_ids), -1, None, 0, False), key
+                )
+            else:
+                state = self._advance(parent, key[-1:])
+            if len(self._states) >= _REMEMBERED:
+                del self._states[next(iter(self._states))]  # the oldest
+            self._states[key] = state
+        clock, ends, voice, duration, notes, _ = state
+        return clock, list(ends), voice, duration, notes
+
+    def _advance(self, state: _State, ids: Sequence[int]) -> _State:
+        """The scan state after reading `ids` on from `state`."""
+        clock, ends_at, voice, duration, notes, ended = state
+        if ended:
+            return state
+        ends = list(ends_at)
+        end_id = self.tokenizer.end_id
         for i in ids:
             if i == end_id:
+                ended = True
                 break
             v = self._voice_of[i]
             if v >= 0:
@@ -144,4 +174,4 @@ class VoiceLeading:
                 clock += self._time_units[i]
             elif self._dur_units[i]:
                 duration = self._dur_units[i]
-        return clock, ends, voice, duration, notes
+        return clock, tuple(ends), voice, duration, notes, ended
