@@ -14,7 +14,9 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -1599,6 +1601,45 @@ def test_float16_linear_picks_its_kernel_by_rows_and_threads(
 
 
 @needs_fbgemm
+@pytest.mark.parametrize(
+    "make_x",
+    [
+        lambda: torch.randn(0, 24),  # no rows
+        lambda: torch.randn(24),  # one row, 1-D
+        lambda: torch.randn(24, 5).t(),  # non-contiguous rows
+        lambda: torch.randn(3, 48)[:, ::2],  # strided columns
+        lambda: torch.randn(1, 24).expand(4, 24),  # one row repeated, stride 0
+    ],
+)
+def test_float16_linear_takes_any_float32_layout(make_x: object) -> None:
+    linear, rounded = _rounded_linear(seed=13, bias=True)
+    packed = Float16Linear(linear)
+    x = make_x()  # type: ignore[operator]
+    with torch.no_grad():
+        out = packed(x)
+        assert out.shape == (*x.shape[:-1], 40)
+        assert_close(out, rounded(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_fbgemm
+def test_float16_linear_compiles_and_traces_through_the_threaded_kernel(tmp_path: Path) -> None:
+    # The few-rows kernel has no fake-tensor form and its handle cannot be serialised, so
+    # compiled and traced code must take the other kernel.
+    linear, rounded = _rounded_linear(seed=14, bias=True)
+    packed = Float16Linear(linear)
+    x = torch.randn(1, 24)
+    with torch.no_grad():
+        compiled = torch.compile(packed, backend="eager")
+        assert_close(compiled(x), rounded(x), rtol=1e-5, atol=1e-5)
+        with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit, which still works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(packed, x)
+            torch.jit.save(traced, tmp_path / "traced.pt")
+            loaded = torch.jit.load(tmp_path / "traced.pt")
+        assert_close(loaded(x), rounded(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_fbgemm
 @pytest.mark.parametrize("bias", [True, False])
 def test_float16_linear_survives_copy_pickle_and_the_original_being_freed(bias: bool) -> None:
     linear, rounded = _rounded_linear(seed=11, bias=bias)
@@ -1606,8 +1647,8 @@ def test_float16_linear_survives_copy_pickle_and_the_original_being_freed(bias: 
     copied = copy.deepcopy(packed)
     buffer = io.BytesIO()
     torch.save(packed, buffer)
-    # The few-rows packing is a raw pointer into memory its owner frees: a copy that shared it
-    # would read freed memory once the original is gone. Each copy must hold its own.
+    # The few-rows packing is a handle that torch refuses once its bytes are copied, and one
+    # that outlived the original would point at freed memory: each copy must pack its own.
     assert packed._rows is not None and copied._rows is not None
     assert not torch.equal(copied._rows[0], packed._rows[0])
     del packed

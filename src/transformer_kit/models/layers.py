@@ -33,8 +33,8 @@ _NORM_EPS = 1e-5
 _SMALL_GELU = 65_536
 _SQRT_HALF = 1 / math.sqrt(2)
 # Float16Linear: torch.fbgemm_linear_fp16_weight (one thread, least overhead) up to this many
-# input rows; at 2 threads it was 1.6x faster than the threaded kernel at 8 rows, even at 32,
-# and 0.7x as fast at 256 (docs/benchmarks.md).
+# input rows; at 2 threads it was 1.6x faster than the threaded kernel at 8 rows, about as fast
+# at 32, and 0.7x as fast at 256 (docs/benchmarks.md).
 _ROWS_KERNEL_MAX = 16
 _HAS_ROWS_KERNEL = hasattr(torch, "fbgemm_linear_fp16_weight") and hasattr(
     torch, "fbgemm_pack_gemm_matrix_fp16"
@@ -145,17 +145,19 @@ class Float16Linear(nn.Module):
     There are two packings of the same rounded weight, each used where it is faster (measured
     on a 2-core AVX2 CPU, docs/benchmarks.md):
 
-    - up to `_ROWS_KERNEL_MAX` input rows (or at one intra-op thread): `torch.
-      fbgemm_linear_fp16_weight`, whose call costs least; at one row it ran 2.3-3x faster than
-      float32 `F.linear`. It runs on one thread, and torch marks it deprecated, so builds
-      without it use the other kernel for every call;
-    - more rows: `torch.ops.quantized.linear_dynamic_fp16`, which splits the rows over torch's
-      threads (prefill, large batches).
+    - up to `_ROWS_KERNEL_MAX` input rows (or at one intra-op thread):
+      `torch.fbgemm_linear_fp16_weight`, whose call costs least; at one row it ran 2.1-2.3x
+      faster than float32 `F.linear`. It runs on one thread, and torch marks it deprecated, so
+      builds without it use the other kernel for every call;
+    - more rows, and under `torch.compile` or `torch.jit.trace` (the few-rows kernel has no
+      fake-tensor or serialisable form): `torch.ops.quantized.linear_dynamic_fp16`, which
+      splits the rows over torch's threads (prefill, large batches).
 
     The two packings together take as many bytes as the float32 weight; each call reads one.
     It holds no parameters or buffers (nothing to train, nothing in `state_dict`): convert a
-    trained float32 model with `pack_float16_linears` and keep that model for saving. Copies
-    (`copy.deepcopy`) and pickles rebuild the packings.
+    trained float32 model with `pack_float16_linears` and keep that model for saving. The
+    few-rows packing is a handle that torch refuses to use once its bytes are copied, so
+    copies (`copy.deepcopy`) and pickles pack it again.
 
     Args:
         linear: the float32 CPU layer whose weight and bias are copied; it is left unchanged.
@@ -181,7 +183,7 @@ class Float16Linear(nn.Module):
         self._pack_rows()
 
     def _pack_rows(self) -> None:
-        """Build the few-rows packing from `_packed` (it is a raw pointer: never copied)."""
+        """Build the few-rows packing from `_packed` (a handle: copies of it are unusable)."""
         if not _HAS_ROWS_KERNEL:
             return
         weight, bias = torch.ops.quantized.linear_unpack_fp16(self._packed)  # rounded, float32
@@ -197,12 +199,14 @@ class Float16Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map float32 (..., in_features) to float32 (..., out_features)."""
+        if self._rows is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
         rows = x.numel() // max(1, x.shape[-1])
-        if self._rows is not None and (rows <= _ROWS_KERNEL_MAX or torch.get_num_threads() == 1):
-            flat = x.reshape(rows, x.shape[-1])  # (rows, in)
-            out = torch.fbgemm_linear_fp16_weight(flat, *self._rows)
-            return out.view(*x.shape[:-1], self.out_features)
-        return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
+        if rows > _ROWS_KERNEL_MAX and torch.get_num_threads() > 1:
+            return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
+        flat = x.reshape(rows, x.shape[-1])  # (rows, in)
+        out = torch.fbgemm_linear_fp16_weight(flat, *self._rows)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def __getstate__(self) -> dict[str, object]:
         """Everything but the few-rows packing, which `__setstate__` rebuilds."""

@@ -21,9 +21,11 @@ from transformer_kit.tokenization.music import MusicTokenizer
 
 __all__ = ["VoiceLeading"]
 
-# How many prefixes' scan states a VoiceLeading keeps: enough for every row of a sampled batch
-# (each row asks about its own prefix, one token longer each step).
-_REMEMBERED = 256
+# How many prefixes' scan states a VoiceLeading keeps, oldest forgotten first. Each row of a
+# sampled batch asks about its prefix once per step, one token longer each time, so a batch of
+# up to this many rows finds every parent prefix; a larger one rereads every prefix in full.
+# Memory: 8 bytes per token per prefix (16 MB at 1024 prefixes of 2000 tokens).
+_REMEMBERED = 1024
 # (clock, each voice's end, voice, duration, notes, ended): see VoiceLeading._scan.
 _State = tuple[int, tuple[int, ...], int, int | None, int, bool]
 
@@ -49,9 +51,11 @@ class VoiceLeading:
 
     If the rules would leave nothing, the grammar's own choices are returned, so a constrained
     stream always stays decodable. The state after each prefix is remembered (the last
-    `_REMEMBERED` prefixes), so a prefix one token longer than one seen before costs one step,
-    not a pass over it: sampling calls the rule once per row per token with the row's growing
-    prefix. Any other prefix is scanned from its start, with the same result.
+    `_REMEMBERED` = 1024 prefixes), so a prefix one token longer than one seen before costs one
+    step of the rules instead of a Python pass over it (building and hashing the prefix as a
+    tuple stays, in C): sampling calls the rule once per row per token with the row's growing
+    prefix. Any other prefix, and every prefix of a batch of more than 1024 rows, is scanned
+    from its start, with the same result.
 
     Args:
         tokenizer: the `MusicTokenizer` whose ids are generated.
