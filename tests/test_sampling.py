@@ -1190,3 +1190,46 @@ def test_docs_example_runs(capsys):
     assert code is not None
     exec(compile(code.group(1), str(page), "exec"), {})
     assert capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_dropping_finished_rows_leaves_every_token_unchanged(
+    position: str, use_cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Float64, so that feeding fewer rows cannot move a logit by enough to change a draw.
+    # 4 + 20 tokens pass the window (8 learned, 12 rope), so prefills of a smaller batch happen.
+    model = _gpt(position, seed=3, std=0.3).double()
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 13, (8, 4), generator=gen)
+    mask = torch.ones(8, 4, dtype=torch.bool)
+    mask[2, :2] = mask[5, :1] = False  # two left-padded prompts
+    ids[~mask] = 0
+
+    def allowed(row: list[int]) -> list[int]:
+        return [t for t in range(13) if t != row[-1]]  # never repeat the last token
+
+    def run() -> torch.Tensor:
+        return generate(
+            model, ids, 20, temperature=1.0, top_k=8, repetition_penalty=1.3,
+            allowed_next=allowed, stop_ids=[3, 7], pad_id=0, attention_mask=mask,
+            use_cache=use_cache, generator=torch.Generator().manual_seed(11),
+        )  # fmt: skip
+
+    drops = []
+    real_drop = _generate._drop_finished
+
+    def counting(stepper, finished, fed):  # type: ignore[no-untyped-def]
+        kept = real_drop(stepper, finished, fed)
+        if kept is not fed:
+            drops.append(int(kept.numel()))
+        return kept
+
+    monkeypatch.setattr(_generate, "_drop_finished", counting)
+    dropped = run()
+    monkeypatch.setattr(_generate, "_drop_finished", lambda stepper, finished, fed: fed)
+    kept_all = run()
+    assert drops and drops == sorted(drops, reverse=True) and drops[-1] < 8
+    assert torch.equal(dropped, kept_all)
+    assert (dropped[:, 4:] == 0).any()  # some rows stopped early and were padded

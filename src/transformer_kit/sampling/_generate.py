@@ -2,7 +2,8 @@
 
 Each step runs the model once (`_step._Stepper`: one new position against a KV cache where the
 model has `new_cache`, else a recompute of the cropped context), shapes the logits in one fixed
-order and draws one token per unfinished row; finished rows are padded.
+order and draws one token per unfinished row; finished rows are padded, and once they make up
+a quarter of the rows the model is fed they are dropped from its batch (`_drop_finished`).
 
     >>> generate(torch.nn.Embedding(5, 5), torch.tensor([[1, 2]]), 3, temperature=0.0).shape
     torch.Size([1, 5])
@@ -115,8 +116,9 @@ def generate(
         block_size: Context length fed to the model; defaults to `model.config.context_limit`
             (block_size, or max_position for rope / alibi) or else `model.config.block_size`
             when the model has one, else the whole sequence.
-        pad_id: Fill for finished rows. Finished rows are still fed to the model until all
-            rows finish, so it must be a valid input id.
+        pad_id: Fill for finished rows. It must be a valid input id: finished rows are fed
+            to the model until they make up a quarter of the rows it is fed, and then
+            dropped from the batch (and its cache), which leaves the tokens unchanged.
         use_cache: Use the model's KV cache when it has `new_cache`; False recomputes the
             cropped context at every step.
         attention_mask: `(B, T)` bool or 0/1, True at real prompt tokens, for prompts of
@@ -176,9 +178,16 @@ def generate(
         )
         # Rows finish only on a stop sequence: without any, skip the bookkeeping.
         finished = torch.zeros(B, dtype=torch.bool, device=ids.device) if stops else None
+        fed: Tensor | None = None  # the rows the model still sees, once finished ones are dropped
         for step in range(max_new_tokens):
             sequence = out[:, : T + step]  # (B, T + step): the prompt and the tokens so far
-            logits = next_logits(sequence)  # (B, V)
+            if fed is None:
+                logits = next_logits(sequence)  # (B, V)
+            else:
+                part = next_logits(sequence.index_select(0, fed))  # (F, V)
+                # Dropped rows get flat logits: every row still takes its draw below, so the
+                # generator advances as it would with the whole batch and the tokens are the same.
+                logits = part.new_zeros(B, part.size(-1)).index_copy_(0, fed, part)
             if allowed_next is not None:
                 done = torch.zeros(B, dtype=torch.bool) if finished is None else finished
                 keep = _allowed_rows(allowed_next, sequence, done, logits.size(-1), step)
@@ -211,8 +220,25 @@ def generate(
             finished |= _ends_with_stop(out[:, : T + n], n, stops)
             if bool(finished.all()):
                 break
+            fed = _drop_finished(next_logits, finished, fed)
     # A copy when stopped early, so the result never holds on to the unused columns.
     return out if n == max_new_tokens else out[:, : T + n].clone()
+
+
+def _drop_finished(stepper: _Stepper, finished: Tensor, fed: Tensor | None) -> Tensor | None:
+    """The rows to feed from now on: `fed` less its finished rows once they are a quarter of it.
+
+    The stepper's cache and mask keep only the rows that stay. Dropping in quarters keeps the
+    wasted work under a quarter of a step while copying the cache a few times per batch.
+    """
+    rows = torch.arange(finished.size(0), device=finished.device) if fed is None else fed
+    live = ~finished.index_select(0, rows)  # (F,) among the fed rows
+    n_live = int(live.sum())
+    if 4 * (rows.size(0) - n_live) < rows.size(0):
+        return fed
+    keep = live.nonzero().squeeze(1)  # positions in the stepper's current rows
+    stepper.reorder(keep)
+    return rows.index_select(0, keep)
 
 
 @contextmanager
