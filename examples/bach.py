@@ -457,22 +457,14 @@ def evaluate_and_write(
                 total += float(loss) * targets.numel()
                 count += targets.numel()
             losses[split] = total / count
-    # A short warm-up first: the first sampling call of a process pays one-time costs
-    # (allocations, kernel selection) that are not the per-token cost being timed.
-    sampler.ids(1, 32, seed=args.seed + 1, stop=False)
-    start = time.perf_counter()
-    one = sampler.ids(1, 1000, seed=args.seed + 1, stop=False)
-    seconds_1000 = time.perf_counter() - start
+    one, seconds_1000 = time_1000_tokens(sampler, args.seed + 1)
     # The same 1000 tokens from a copy with float16 Linear weights (x86 CPUs: docs/models.md),
     # timed only: the samples below come from the float32 model.
     seconds_1000_float16 = None
     if "fbgemm" in torch.backends.quantized.supported_engines:
         fast = copy.copy(sampler)
         fast.model = pack_float16_linears(model)
-        fast.ids(1, 32, seed=args.seed + 1, stop=False)
-        start = time.perf_counter()
-        fast.ids(1, 1000, seed=args.seed + 1, stop=False)
-        seconds_1000_float16 = round(time.perf_counter() - start, 2)
+        seconds_1000_float16 = round(time_1000_tokens(fast, args.seed + 1)[1], 2)
     ids = sampler.ids(args.final_samples, args.sample_tokens, seed=args.seed + 2)
     decoded = [tokenizer.decode(row) for row in [*ids.tolist(), *one.tolist()]]
     samples = [piece for piece in decoded if piece][: args.final_samples]
@@ -507,6 +499,18 @@ def evaluate_and_write(
         "bigram_overlap_samples": music.interval_bigram_overlap(samples, profile),
         "bigram_overlap_bach": music.interval_bigram_overlap(holdout, profile),
     }
+
+
+def time_1000_tokens(sampler: Sampler, seed: int) -> tuple[torch.Tensor, float]:
+    """One row of 1000 tokens and the seconds they took, after a short warm-up.
+
+    The first sampling call of a process pays one-time costs (allocations, kernel selection)
+    that are not the per-token cost being timed.
+    """
+    sampler.ids(1, 32, seed=seed, stop=False)
+    start = time.perf_counter()
+    ids = sampler.ids(1, 1000, seed=seed, stop=False)
+    return ids, time.perf_counter() - start
 
 
 def results_table(results: dict[str, object]) -> str:

@@ -199,14 +199,15 @@ class Float16Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map float32 (..., in_features) to float32 (..., out_features)."""
-        if self._rows is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        if (
+            self._rows is None
+            or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or (x.numel() > _ROWS_KERNEL_MAX * x.shape[-1] and torch.get_num_threads() > 1)
+        ):
             return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
-        rows = x.numel() // max(1, x.shape[-1])
-        if rows > _ROWS_KERNEL_MAX and torch.get_num_threads() > 1:
-            return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
-        flat = x.reshape(rows, x.shape[-1])  # (rows, in)
-        out = torch.fbgemm_linear_fp16_weight(flat, *self._rows)
-        return out.view(*x.shape[:-1], self.out_features)
+        out = torch.fbgemm_linear_fp16_weight(x.reshape(-1, x.shape[-1]), *self._rows)
+        return out.view(*x.shape[:-1], self.out_features)  # (rows, out) back to x's leading dims
 
     def __getstate__(self) -> dict[str, object]:
         """Everything but the few-rows packing, which `__setstate__` rebuilds."""

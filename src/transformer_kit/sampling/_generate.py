@@ -218,24 +218,26 @@ def generate(
                 continue
             out[:, T + step] = torch.where(finished, pad_id, token.to(ids.dtype))
             finished |= _ends_with_stop(out[:, : T + n], n, stops)
-            if bool(finished.all()):
+            n_finished = int(finished.sum())
+            if n_finished == B:
                 break
-            fed = _drop_finished(next_logits, finished, fed)
+            # Every dropped row is finished, so the fed ones hold the rest of the finished rows.
+            n_fed = B if fed is None else fed.size(0)
+            if 4 * (n_finished - (B - n_fed)) >= n_fed:
+                fed = _drop_finished(next_logits, finished, fed)
     # A copy when stopped early, so the result never holds on to the unused columns.
     return out if n == max_new_tokens else out[:, : T + n].clone()
 
 
 def _drop_finished(stepper: _Stepper, finished: Tensor, fed: Tensor | None) -> Tensor | None:
-    """The rows to feed from now on: `fed` less its finished rows once they are a quarter of it.
+    """The rows to feed from now on: `fed` (None: all rows) less its finished rows.
 
-    The stepper's cache and mask keep only the rows that stay. Dropping in quarters keeps the
-    wasted work under a quarter of a step while copying the cache a few times per batch.
+    The stepper's cache and mask keep only the rows that stay. `generate` calls this once the
+    finished rows are a quarter of those fed, which keeps the wasted work under a quarter of a
+    step while copying the cache a few times per batch.
     """
     rows = torch.arange(finished.size(0), device=finished.device) if fed is None else fed
     live = ~finished.index_select(0, rows)  # (F,) among the fed rows
-    n_live = int(live.sum())
-    if 4 * (rows.size(0) - n_live) < rows.size(0):
-        return fed
     keep = live.nonzero().squeeze(1)  # positions in the stepper's current rows
     stepper.reorder(keep)
     return rows.index_select(0, keep)
