@@ -69,6 +69,13 @@ PUBLIC = {
         "interval_bigram_overlap", "interval_entropy", "notes_per_bar", "out_of_key_ratio",
         "overall_score", "piece_metrics", "pitch_range", "polyphony", "repetition",
     ],
+    "recipes": [],
+    "recipes.music": [
+        "PieceSampler", "RUN_SHAPE", "SAMPLE_TOKENS", "Voices", "encode_pieces",
+        "evaluate_checkpoint", "evaluate_music", "fit_tokenizer", "load_run_model", "load_splits",
+        "music_gpt", "pitch_stages", "results_markdown", "steps_for_budget", "token_nll",
+        "write_results",
+    ],
     "cli": ["main"],
 }  # fmt: skip
 

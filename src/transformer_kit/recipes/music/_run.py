@@ -1,0 +1,228 @@
+"""The data, tokenizer and model of a music run, and the model of a finished run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from transformer_kit.augment import (
+    Augmentation,
+    Compose,
+    PitchShift,
+    RhythmScale,
+    StagedAugmentation,
+    three_stage,
+)
+from transformer_kit.averaging import inference_weights
+from transformer_kit.checkpoint import CheckpointManager
+from transformer_kit.data import TokenDataset, bach_chorales, read_music_folder, split_pieces
+from transformer_kit.models import (
+    GPT,
+    BarPositionFeatures,
+    FeatureSum,
+    GPTConfig,
+    VoiceStateFeatures,
+)
+from transformer_kit.tokenization import MusicTokenizer, NoteEvent
+
+__all__ = [
+    "RUN_SHAPE",
+    "encode_pieces",
+    "fit_tokenizer",
+    "load_run_model",
+    "load_splits",
+    "music_gpt",
+    "pitch_stages",
+    "steps_for_budget",
+]
+
+Piece = list[NoteEvent]
+
+RUN_SHAPE = ("n_layer", "n_head", "d_model", "d_ff", "block_size", "dropout", "voice_features")
+"""The keywords of `music_gpt` that `load_run_model` reads from a run's run.json."""
+
+_SPLITS = ("train", "val", "test")
+_PITCH_MARGIN = 2  # semitones beyond a folder's range: room for +-2 pitch shifts
+
+
+def load_splits(
+    midi_dir: Path | None = None, *, cache_dir: Path | None = None, seed: int = 1337
+) -> dict[str, list[Piece]]:
+    """Train, val and test pieces: the Bach chorales, or a folder of MIDI / MusicXML files.
+
+    The chorales come from `data.bach_chorales(cache_dir)`; a folder is read with
+    `data.read_music_folder` and split 90/5/5 by melody with `data.split_pieces(seed=seed)`.
+
+    Raises:
+        ValueError: if a folder has too few pieces to give every split one.
+    """
+    if midi_dir is None:
+        return bach_chorales(cache_dir)
+    splits = split_pieces(read_music_folder(midi_dir), seed=seed)
+    empty = [name for name in _SPLITS if not splits[name]]
+    if empty:
+        raise ValueError(f"load_splits: midi_dir {str(midi_dir)!r} has too few pieces: no {empty}")
+    return splits
+
+
+def fit_tokenizer(pieces: Sequence[Piece]) -> MusicTokenizer:
+    """A `MusicTokenizer` whose pitches cover `pieces` and 2 semitones more, and their voices.
+
+    (`MusicTokenizer()`'s defaults cover the chorales already.)
+
+    Raises:
+        ValueError: if `pieces` holds no note.
+    """
+    events = [event for piece in pieces for event in piece]
+    if not events:
+        raise ValueError("fit_tokenizer: pieces must hold at least one note, got none")
+    low, high = min(e.pitch for e in events), max(e.pitch for e in events)
+    return MusicTokenizer(
+        min_pitch=max(0, low - _PITCH_MARGIN),
+        max_pitch=min(127, high + _PITCH_MARGIN),
+        voices=max(e.voice for e in events),
+    )
+
+
+def encode_pieces(tokenizer: MusicTokenizer, pieces: Sequence[Piece]) -> np.ndarray:
+    """One int64 token stream: every piece from `<START>` to `<END>`, back to back."""
+    if not pieces:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.asarray(tokenizer.encode(p), dtype=np.int64) for p in pieces])
+
+
+def music_gpt(
+    tokenizer: MusicTokenizer,
+    *,
+    n_layer: int = 4,
+    n_head: int = 8,
+    d_model: int = 256,
+    d_ff: int = 1024,
+    block_size: int = 512,
+    dropout: float = 0.1,
+    voice_features: bool = False,
+) -> GPT:
+    """A GPT for `tokenizer`'s streams: RoPE, bar-position features, optionally voice states.
+
+    RoPE positions are relative (the seed's advice), so generation runs past `block_size` up to
+    4096 positions. `BarPositionFeatures` feeds the position within the bar, and with
+    `voice_features` a `VoiceStateFeatures` also feeds how long each voice keeps sounding, both
+    on the tokenizer's grid with 4 quarter lengths as the longest step count.
+    """
+    config = GPTConfig(
+        vocab_size=len(tokenizer.vocab),
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
+        d_ff=d_ff,
+        block_size=block_size,
+        position="rope",
+        max_position=4096,
+        dropout=dropout,
+        pad_id=tokenizer.pad_id,
+    )
+    steps = round(4.0 / tokenizer.grid)  # a 4/4 bar, or a whole note; longer ones share a row
+    features: nn.Module = BarPositionFeatures(
+        d_model,
+        time_values=tokenizer.time_values(),
+        bar_id=tokenizer.bar_id,
+        start_id=tokenizer.start_id,
+        resolution=tokenizer.grid,
+        max_steps=steps,
+    )
+    if voice_features:
+        voice_state = VoiceStateFeatures(
+            d_model,
+            time_values=tokenizer.time_values(),
+            duration_values=tokenizer.duration_values(),
+            voice_ids=list(tokenizer.voice_ids),
+            start_id=tokenizer.start_id,
+            resolution=tokenizer.grid,
+            max_steps=steps,
+        )
+        features = FeatureSum([features, voice_state])
+    return GPT(config, position_features=features)
+
+
+def load_run_model(
+    run_dir: Path, checkpoint: str, tokenizer: MusicTokenizer | None = None
+) -> tuple[GPT, int]:
+    """The model of a finished run and its training step, in eval mode, ready to sample.
+
+    The run folder holds run.json (`music_gpt`'s `RUN_SHAPE` keywords; missing ones take their
+    defaults, other keys are ignored), tokenizer.json and checkpoints/<checkpoint>.pt; the
+    weights are `averaging.inference_weights` (the moving average when the run kept one).
+
+    Raises:
+        FileNotFoundError: if run.json, tokenizer.json or the checkpoint is missing.
+        ValueError: if `tokenizer` is given and differs from the run's.
+    """
+    where = f"load_run_model: run_dir {str(run_dir)!r}"
+    if not (run_dir / "run.json").is_file() or not (run_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{where} has no run.json and tokenizer.json")
+    own = MusicTokenizer.load(run_dir / "tokenizer.json")
+    if tokenizer is not None and own.to_dict() != tokenizer.to_dict():
+        raise ValueError(f"{where}: its tokenizer differs from the one given")
+    trained = json.loads((run_dir / "run.json").read_text())
+    model = music_gpt(own, **{name: trained[name] for name in RUN_SHAPE if name in trained})
+    manifest = run_dir / "checkpoints" / "manifest.json"
+    missing = FileNotFoundError(f"{where} has no checkpoint {checkpoint!r}")
+    if not manifest.is_file():
+        raise missing
+    # The run's own monitor, so that opening its manager neither warns nor forgets its best.
+    tracked = json.loads(manifest.read_text())
+    manager = CheckpointManager(
+        run_dir / "checkpoints", monitor=tracked["monitor"], mode=tracked["mode"]
+    )
+    if not manager.exists(checkpoint):
+        raise missing
+    state = manager.load(checkpoint)
+    model.load_state_dict(inference_weights(state))
+    return model.eval(), int(state["step"])
+
+
+def pitch_stages(
+    tokenizer: MusicTokenizer, *, rhythm: bool = False, seed: int = 0
+) -> StagedAugmentation:
+    """The seed document's augmentation schedule for a music run (`augment.three_stage`).
+
+    Epochs 0-9 unaugmented; 10-29 a `PitchShift` of -1, 0 or +1 semitone on half of the rows;
+    from 30 one of -2..+2 on 80% of them, followed with `rhythm` by a `RhythmScale` that
+    doubles or halves every duration and time step where the tokenizer's grid has the result.
+    """
+    light = PitchShift((-1, 0, 1), note_ids=tokenizer.note_ids)
+    heavy: Augmentation = PitchShift((-2, -1, 0, 1, 2), note_ids=tokenizer.note_ids)
+    if rhythm:
+        heavy = Compose([heavy, RhythmScale.for_tokenizer(tokenizer, factors=(0.5, 2.0))])
+    return three_stage(light, heavy, seed=seed)
+
+
+def steps_for_budget(
+    model: nn.Module, data: TokenDataset, batch_size: int, minutes: float, *, fraction: float = 0.7
+) -> int:
+    """Training steps that fill `fraction` of `minutes`, timed on a copy of the model.
+
+    Four AdamW steps run on a deep copy (the model and its optimizer stay untouched); the median
+    of the last three sets the pace. The rest of the budget is left for evaluations and the
+    final samples. At least 20 steps.
+    """
+    trial = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(trial.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(4):
+        inputs, targets = data.sample_batch(batch_size, generator=generator)
+        start = time.perf_counter()
+        trial(inputs, targets).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    per_step = sorted(times[1:])[1]
+    return max(20, int(fraction * minutes * 60 / per_step))

@@ -1,0 +1,307 @@
+"""transformer_kit.recipes.music: the parts of examples/bach.py, each on a tiny model."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from transformer_kit.augment import Compose, PitchShift, RhythmScale
+from transformer_kit.checkpoint import CheckpointManager
+from transformer_kit.data import TokenDataset
+from transformer_kit.metrics import music
+from transformer_kit.models import Ensemble, FeatureSum, VoiceStateFeatures
+from transformer_kit.recipes import music as recipe
+from transformer_kit.tokenization import MusicTokenizer, NoteEvent, VoiceLeading
+
+TINY = {"n_layer": 1, "n_head": 2, "d_model": 16, "d_ff": 32, "block_size": 64}
+
+
+def _chorale(seed: int, bars: int = 2) -> list[NoteEvent]:
+    """Four voices in whole-beat notes, each a random walk of its own (a melody per seed)."""
+    rng = random.Random(seed)
+    base = 55 + seed % 9
+    events = []
+    for voice, start in enumerate((base + 12, base + 7, base + 4, base - 12), start=1):
+        pitch = start
+        for beat in range(4 * bars):
+            events.append(NoteEvent(pitch, voice, float(beat), 1.0, bar=beat // 4))
+            pitch = max(start - 5, min(start + 5, pitch + rng.choice((-2, -1, 1, 2))))
+    return events
+
+
+def _splits() -> dict[str, list[list[NoteEvent]]]:
+    return {
+        "train": [_chorale(0), _chorale(1), _chorale(2)],
+        "val": [_chorale(3)],
+        "test": [_chorale(4)],
+    }
+
+
+def _evaluation(tok: MusicTokenizer) -> dict[str, object]:
+    splits = _splits()
+    return {
+        "streams": {name: recipe.encode_pieces(tok, pieces) for name, pieces in splits.items()},
+        "holdout": splits["val"] + splits["test"],
+        "profile": music.MusicProfile.from_pieces(splits["train"]),
+        "block_size": 32,
+        "batch_size": 4,
+        "samples": 3,
+        "tokens": 60,
+    }
+
+
+def test_module_doctest_runs():
+    assert doctest.testmod(recipe).failed == 0
+
+
+def test_fit_tokenizer_covers_the_pieces_and_two_semitones_more():
+    pieces = [[NoteEvent(50, 1, 0.0, 1.0), NoteEvent(70, 3, 0.0, 1.0)], [NoteEvent(61, 2, 1, 1)]]
+    tok = recipe.fit_tokenizer(pieces)
+    assert [tok.vocab.id_to_token(i) for i in (tok.note_ids[0], tok.note_ids[-1])] == [
+        "<NOTE:C3>",  # MIDI 48 = 50 - 2
+        "<NOTE:C5>",  # MIDI 72 = 70 + 2
+    ]
+    assert len(tok.voice_ids) == 3
+    edge = recipe.fit_tokenizer([[NoteEvent(1, 1, 0.0, 1.0), NoteEvent(126, 1, 1.0, 1.0)]])
+    assert len(edge.note_ids) == 128  # MIDI 0..127: the margin is clamped at both ends
+    with pytest.raises(ValueError, match="pieces must hold at least one note"):
+        recipe.fit_tokenizer([[], []])
+
+
+def test_encode_pieces_is_the_tokenizer_streams_back_to_back():
+    tok = MusicTokenizer()
+    pieces = _splits()["train"]
+    stream = recipe.encode_pieces(tok, pieces)
+    assert stream.dtype == np.int64
+    assert stream.tolist() == [i for piece in pieces for i in tok.encode(piece)]
+    assert recipe.encode_pieces(tok, []).shape == (0,)
+
+
+@pytest.mark.parametrize("voice_features", [False, True])
+def test_music_gpt_uses_rope_and_the_tokenizer_features(voice_features):
+    tok = MusicTokenizer()
+    model = recipe.music_gpt(tok, **TINY, voice_features=voice_features)
+    config = model.config
+    assert (config.vocab_size, config.position, config.max_position) == (
+        len(tok.vocab),
+        "rope",
+        4096,
+    )
+    assert config.pad_id == tok.pad_id and config.d_model == 16
+    features = model.position_features
+    assert isinstance(features, FeatureSum) == voice_features
+    if voice_features:
+        assert isinstance(features.parts[1], VoiceStateFeatures)
+    ids = torch.tensor([recipe.encode_pieces(tok, [_chorale(0)])[:40].tolist()])
+    assert model(ids).logits.shape == (1, 40, len(tok.vocab))
+
+
+def _save_run(folder, tok, model, *, step, extra=None):
+    folder.mkdir()
+    tok.save(folder / "tokenizer.json")
+    (folder / "run.json").write_text(json.dumps({**TINY, "lr": 0.1, "voice_features": False}))
+    state = {"model": model.state_dict(), "step": step, **(extra or {})}
+    CheckpointManager(folder / "checkpoints", monitor="music_combined", mode="max").save(
+        state, step=step, metrics={"music_combined": 0.5}
+    )
+
+
+def test_load_run_model_rebuilds_the_shape_and_prefers_the_weight_average(tmp_path):
+    tok = MusicTokenizer()
+    torch.manual_seed(0)
+    model = recipe.music_gpt(tok, **TINY)
+    _save_run(tmp_path / "plain", tok, model, step=7)
+    loaded, step = recipe.load_run_model(tmp_path / "plain", "best", tok)
+    assert step == 7 and not loaded.training
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+    average = {k: torch.full_like(v, 0.25) for k, v in model.state_dict().items()}
+    _save_run(tmp_path / "ema", tok, model, step=3, extra={"ema": {"weights": average}})
+    loaded, _ = recipe.load_run_model(tmp_path / "ema", "last")
+    assert all(torch.all(v == 0.25) for v in loaded.state_dict().values())
+
+    with pytest.raises(ValueError, match="its tokenizer differs"):
+        recipe.load_run_model(tmp_path / "plain", "best", MusicTokenizer(voices=2))
+    with pytest.raises(FileNotFoundError, match="no run.json and tokenizer.json"):
+        recipe.load_run_model(tmp_path, "best")
+    with pytest.raises(FileNotFoundError, match="no checkpoint 'step-00000001'"):
+        recipe.load_run_model(tmp_path / "plain", "step-00000001")
+
+
+def test_piece_sampler_is_seeded_and_every_sample_decodes():
+    tok = MusicTokenizer()
+    torch.manual_seed(1)
+    model = recipe.music_gpt(tok, **TINY).eval()
+    sampler = recipe.PieceSampler(
+        model, tok, voices="fill", min_notes=3, temperature=0.9, eval_samples=3, eval_tokens=48
+    )
+    assert isinstance(sampler.rule, VoiceLeading) and sampler.rule_name == "fill3"
+    first, again, other = (sampler.ids(3, 48, seed=s) for s in (5, 5, 6))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert (first[:, 0] == tok.start_id).all()
+    pieces = sampler()
+    assert len(pieces) == 3 and all(pieces)  # three notes at least before any <END>
+    ids, seconds = sampler.timed(20, seed=2)
+    assert ids.shape == (1, 21) and seconds > 0
+    grammar = recipe.PieceSampler(model, tok, voices="grammar", min_notes=9)
+    assert (grammar.rule_name, grammar.min_notes) == ("grammar", 0)
+    assert grammar.rule == tok.allowed_next
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"voices": "solo"}, "voices must be 'fill', 'mono' or 'grammar', got 'solo'"),
+        ({"eval_samples": 0}, "eval_samples must be an int >= 1, got 0"),
+        ({"eval_tokens": 2.5}, "eval_tokens must be an int >= 1, got 2.5"),
+    ],
+)
+def test_piece_sampler_names_a_bad_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        recipe.PieceSampler(nn.Identity(), MusicTokenizer(), **kwargs)
+
+
+class _Uniform(nn.Module):
+    """Zero logits everywhere: the cross-entropy of every target is ln(V)."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, ids, targets):
+        logits = torch.zeros(*ids.shape, self.vocab)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return type("Out", (), {"loss": loss})()
+
+
+def test_token_nll_weighs_windows_by_targets():
+    assert recipe.token_nll(_Uniform(7), np.arange(50) % 7, block_size=8, batch_size=4) == (
+        pytest.approx(math.log(7))
+    )
+    tok = MusicTokenizer()
+    model = recipe.music_gpt(tok, **TINY).eval()
+    stream = recipe.encode_pieces(tok, _splits()["train"])
+    expected = []  # a hand loop over the same windows, token by token
+    with torch.no_grad():
+        for inputs, targets in TokenDataset(stream, 16).eval_batches(1):
+            logits = model(inputs).logits
+            expected += nn.functional.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), reduction="none"
+            ).tolist()
+    got = recipe.token_nll(model, stream, block_size=16, batch_size=3)  # a short last batch
+    assert got == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="block_size=16 needs at least"):
+        recipe.token_nll(model, stream[:16], block_size=16, batch_size=3)
+
+
+def test_steps_for_budget_leaves_the_model_alone_and_scales_with_the_budget():
+    tok = MusicTokenizer()
+    model = recipe.music_gpt(tok, **TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = TokenDataset(recipe.encode_pieces(tok, _splits()["train"]), 32)
+    small = recipe.steps_for_budget(model, data, 2, 1e-6)
+    large = recipe.steps_for_budget(model, data, 2, 60.0)
+    assert small == 20 and large > 1000  # a tiny step takes well under 2.5 s
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_pitch_stages_follow_the_seed_schedule():
+    tok = MusicTokenizer()
+    stages = recipe.pitch_stages(tok, seed=3).stages
+    assert [(s.start_epoch, s.p) for s in stages] == [(0, 0.0), (10, 0.5), (30, 0.8)]
+    assert stages[0].transform is None
+    assert [type(s.transform) for s in stages[1:]] == [PitchShift, PitchShift]
+    with_rhythm = recipe.pitch_stages(tok, rhythm=True).stages[2].transform
+    assert isinstance(with_rhythm, Compose)
+    assert [type(t) for t in with_rhythm.transforms] == [PitchShift, RhythmScale]
+
+
+def test_evaluate_music_scores_samples_against_the_holdout(tmp_path):
+    pytest.importorskip("music21")
+    tok = MusicTokenizer()
+    torch.manual_seed(2)
+    model = recipe.music_gpt(tok, **TINY)
+    sampler = recipe.PieceSampler(model, tok, voices="fill", min_notes=2, temperature=0.8)
+    evaluation = _evaluation(tok)
+    results = recipe.evaluate_music(sampler, out_dir=tmp_path / "eval", sets=2, **evaluation)
+    assert not model.training and results["decodable"] == 1.0
+    nll = recipe.token_nll(model, evaluation["streams"]["val"], block_size=32, batch_size=4)
+    assert results["val_loss"] == pytest.approx(nll)
+    bach = music.overall_score(evaluation["holdout"], evaluation["profile"])
+    assert results["overall_score_bach"] == pytest.approx(bach)
+    sets = results["percent_of_bach_sets"]
+    assert len(sets) == 2 and sets[0] == pytest.approx(
+        100 * results["overall_score_samples"] / bach
+    )
+    assert results["percent_of_bach_mean"] == pytest.approx(sum(sets) / 2)
+    assert (results["voices"], results["min_notes"], results["temperature"]) == ("fill", 2, 0.8)
+    names = sorted(p.name for p in (tmp_path / "eval" / "samples").iterdir())
+    assert names == ["sample_00.mid", "sample_00.musicxml", "sample_01.mid", "sample_01.musicxml",
+                     "sample_02.mid", "sample_02.musicxml"]  # fmt: skip
+    results.update(steps=5, train_wall_s=None, params=model.num_parameters())
+    report = recipe.write_results(results, tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["steps"] == 5
+    assert (tmp_path / "eval" / "results.md").read_text() == report
+    assert "| overall_score |" in report and "- step 5, " in report
+
+
+def test_evaluate_checkpoint_names_its_folder_and_leaves_the_runs_alone(tmp_path, monkeypatch):
+    pytest.importorskip("music21")
+    tok = MusicTokenizer()
+    torch.manual_seed(3)
+    model = recipe.music_gpt(tok, **TINY)
+    _save_run(tmp_path / "a", tok, model, step=4)
+    _save_run(tmp_path / "b", tok, recipe.music_gpt(tok, **TINY), step=9)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    sampler = recipe.PieceSampler(model, tok, voices="mono", temperature=0.7, top_k=5)
+    runs = [tmp_path / "a", tmp_path / "b"]
+    results = recipe.evaluate_checkpoint(sampler, runs, "best", **_evaluation(tok))
+    (folder,) = (tmp_path / "a").glob("eval_best_t0.7_k5_mono0_n60_ens2-*")
+    assert json.loads((folder / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert results["steps"] == 4 and results["ensemble"] == [str(tmp_path / "b")]
+    assert results["params"] == 2 * model.num_parameters()
+    assert {p: p.read_bytes() for p in before} == before
+    assert sampler.model is model  # the caller's sampler keeps its own model
+
+    # At the default sample length the folder name says nothing of it (60 stands in for 1200).
+    monkeypatch.setattr("transformer_kit.recipes.music._evaluation.SAMPLE_TOKENS", 60)
+    alone = recipe.evaluate_checkpoint(sampler, runs[:1], "last", **_evaluation(tok))
+    assert (tmp_path / "a" / "eval_last_t0.7_k5_mono0").is_dir()
+    assert alone["ensemble"] == [] and alone["params"] == model.num_parameters()
+    with pytest.raises(ValueError, match="run_dirs must name at least one run"):
+        recipe.evaluate_checkpoint(sampler, [], "best", **_evaluation(tok))
+
+
+def test_ensemble_of_a_run_with_itself_samples_as_the_run(tmp_path):
+    tok = MusicTokenizer()
+    model = recipe.music_gpt(tok, **TINY).eval()
+    sampler = recipe.PieceSampler(model, tok, voices="fill", temperature=0.8)
+    pair = recipe.PieceSampler(Ensemble([model, model]), tok, voices="fill", temperature=0.8)
+    assert torch.equal(sampler.ids(2, 40, seed=1), pair.ids(2, 40, seed=1))
+
+
+@pytest.mark.slow
+def test_docs_example_runs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("music21")
+    from transformer_kit.data import write_midi
+
+    (tmp_path / "my_midi").mkdir()
+    for i in range(20):
+        write_midi(_chorale(i, bars=4), tmp_path / "my_midi" / f"piece_{i:02d}.mid")
+    page = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
+    code = re.search(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+    assert code is not None
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.group(1), str(page), "exec"), {})
+    assert "% of the held-out pieces' score" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "mine" / "samples" / "sample_00.mid").is_file()
