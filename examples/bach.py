@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transformer_kit.checkpoint import CheckpointManager
+from transformer_kit.checkpoint import CheckpointError, CheckpointManager
 from transformer_kit.data import TokenDataset
 from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
 from transformer_kit.metrics import music
@@ -32,14 +32,14 @@ PLOTTED = ["score", "out_of_key", "bigram_overlap", "combined"]  # music.png, be
 MONITOR = "music_combined"  # what best.pt is chosen by: 0.3 x loss component + 0.7 x music
 NUMBERS = {  # flag: (type, default, help)
     "seed": (int, 1337, ""), "n_layer": (int, 4, ""), "n_head": (int, 8, ""),
-    "d_model": (int, 256, ""), "d_ff": (int, 1024, ""), "block_size": (int, 512, ""),
-    "batch_size": (int, 8, ""), "lr": (float, 1e-3, ""), "dropout": (float, 0.1, ""),
+    "d_model": (int, 256, ""), "block_size": (int, 512, ""), "batch_size": (int, 8, ""),
+    "lr": (float, 1e-3, ""), "dropout": (float, 0.1, ""), "final_samples": (int, 32, ""),
     "budget_minutes": (float, None, "bound the run"), "max_steps": (int, None, "default: budget"),
     "evals": (int, 8, "evaluations during the run"), "patience": (int, 15, "evaluations"),
     "ema": (float, None, "sample a moving average of the weights, e.g. 0.995"),
-    "eval_samples": (int, 4, "samples per evaluation"), "final_samples": (int, 32, ""),
+    "eval_samples": (int, 4, "samples per evaluation"), "sample_tokens": (int, 1200, ""),
     "sample_sets": (int, 1, "score this many sets of --final-samples (other seeds)"),
-    "sample_tokens": (int, 1200, ""), "temperature": (float, 1.0, ""), "top_k": (int, None, ""),
+    "temperature": (float, 1.0, ""), "top_k": (int, None, ""), "d_ff": (int, 1024, ""),
     "min_notes": (int, None, "no <END> before; default: 5th percentile of the pieces"),
 }  # fmt: skip
 
@@ -53,13 +53,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints/last")
     parser.add_argument("--rhythm", action="store_true", help="also x2 / x0.5 rhythm, epoch 30+")
-    parser.add_argument("--voice-features", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--voices", choices=["fill", "mono", "grammar"], default="fill")
+    parser.add_argument("--voice-features", action=argparse.BooleanOptionalAction, default=False,
+                        help="also feed how long each voice keeps sounding")  # fmt: skip
+    parser.add_argument("--voices", choices=["fill", "mono", "grammar"], default="fill",
+                        help="VoiceLeading (fill: all voices sound), or grammar")  # fmt: skip
     parser.add_argument("--evaluate", choices=["best", "last"], help="sample this checkpoint")
-    parser.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN_DIR", help="with it")
+    parser.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="with --evaluate: sample these runs and this one as one")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.sample_sets < 1:
-        parser.error(f"--sample-sets must be >= 1, got {args.sample_sets}")
+    for name, least in (("sample_sets", 1), ("eval_samples", 1), ("sample_tokens", 2)):
+        if (value := getattr(args, name)) < least:
+            parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
     if args.ensemble and args.evaluate is None:
         parser.error("--ensemble needs --evaluate best|last: it only samples trained runs")
     return args
@@ -76,11 +80,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         trained = {"voice_features": False, **json.loads((out / "run.json").read_text())}
         kept = (*recipe.RUN_SHAPE, "ema", "max_steps")
         vars(args).update({key: value for key, value in trained.items() if key in kept})
-    pieces = recipe.load_splits(args.midi_dir, cache_dir=args.cache_dir, seed=args.seed)
-    tokenizer = (
-        recipe.fit_tokenizer(sum(pieces.values(), [])) if args.midi_dir else MusicTokenizer()
-    )
-    streams = {name: recipe.encode_pieces(tokenizer, split) for name, split in pieces.items()}
+    try:
+        pieces = recipe.load_splits(args.midi_dir, cache_dir=args.cache_dir, seed=args.seed)
+    except (OSError, ValueError) as error:  # a missing folder, or too few pieces in it
+        raise SystemExit(str(error)) from error
+    tok = recipe.fit_tokenizer(sum(pieces.values(), [])) if args.midi_dir else MusicTokenizer()
+    streams = {name: recipe.encode_pieces(tok, split) for name, split in pieces.items()}
     print({name: f"{len(pieces[name])} pieces, {len(s):,} tokens" for name, s in streams.items()})
     if args.min_notes is None:  # samples may end where the shortest 5% of real pieces end
         args.min_notes = int(np.percentile([len(p) for p in pieces["train"]], 5))
@@ -91,10 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         tokens=args.sample_tokens, sets=args.sample_sets, seed=args.seed,
     )  # fmt: skip
     torch.manual_seed(args.seed)
-    model = recipe.music_gpt(tokenizer, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
-    print(f"model: {model.num_parameters():,} parameters")
+    model = recipe.music_gpt(tok, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
     sampler = recipe.PieceSampler(  # what MusicalEarlyStopping and the final samples draw
-        model, tokenizer, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
+        model, tok, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
         temperature=args.temperature, eval_samples=args.eval_samples,
         eval_tokens=args.sample_tokens // 2, seed=args.seed,
     )  # fmt: skip
@@ -102,20 +106,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         try:
             runs = [out, *(args.ensemble or [])]
             results = recipe.evaluate_checkpoint(sampler, runs, args.evaluate, **evaluation)
-        except (FileNotFoundError, ValueError) as error:
+        except (FileNotFoundError, ValueError, CheckpointError) as error:
             raise SystemExit(str(error)) from error
         print(recipe.results_markdown(results))
         return results
-
     train = TokenDataset(streams["train"], args.block_size)
     if args.max_steps is None and args.budget_minutes is not None:  # 70% of it for steps
         args.max_steps = recipe.steps_for_budget(model, train, args.batch_size, args.budget_minutes)
     max_steps = args.max_steps = 3000 if args.max_steps is None else args.max_steps
-    tokenizer.save(out / "tokenizer.json")
+    tok.save(out / "tokenizer.json")
     (out / "run.json").write_text(json.dumps(vars(args), default=str) + "\n")  # for --resume
     epoch_steps = len(streams["train"]) / (args.batch_size * args.block_size)
     print(f"{max_steps} steps = {max_steps / epoch_steps:.1f} epochs of the training tokens")
-
     config = TrainerConfig(
         max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, betas=(0.9, 0.95),
         warmup_steps=max(1, max_steps // 20), grad_clip=1.0, eval_batches=10, seed=args.seed,
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         loggers=[JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
                  ConsoleLogger(total_steps=max_steps, every=10)],
         checkpoints=CheckpointManager(out / "checkpoints", monitor=MONITOR, mode="max"),
-        augment=recipe.pitch_stages(tokenizer, rhythm=args.rhythm, seed=args.seed),
+        augment=recipe.pitch_stages(tok, rhythm=args.rhythm, seed=args.seed),
         early_stopping=music.MusicalEarlyStopping(sampler, profile, patience=args.patience),
     )  # fmt: skip
     if args.resume and not trainer.resume():
@@ -136,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     final = trainer.fit()
     wall = round(time.perf_counter() - start, 1)
     results = recipe.evaluate_music(sampler, out_dir=out, **evaluation)
-    results.update(steps=trainer.step, train_wall_s=wall, val_loss_final=final.get("val_loss"))
-    results["params"] = model.num_parameters()
+    results.update(steps=trainer.step, train_wall_s=wall, params=model.num_parameters())
+    results["val_loss_final"] = final.get("val_loss")
     plot_metrics(out / "metrics.jsonl", out / "loss.png")
     plot_metrics(out / "metrics.jsonl", out / "music.png", keys=[f"music_{k}" for k in PLOTTED])
     print(recipe.write_results(results, out))

@@ -521,3 +521,16 @@ def test_rhythm_scale_for_tokenizer_maps_each_group_onto_itself():
     out, out_targets = scale(inputs, targets, generator=_gen(0))
     assert out[0, 1] == 500 and out_targets.tolist() == [[500, -100]]
     assert TOK.durations[int(out[0, 0]) - TOK.dur_ids.start] in (0.5, 2.0)
+
+
+@pytest.mark.parametrize("module", ["", "._music", "._schedule", "._tokens"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    import transformer_kit.augment as augment
+
+    names = {name: getattr(augment, name) for name in augment.__all__}
+    target = importlib.import_module(f"transformer_kit.augment{module}")
+    result = doctest.testmod(target, extraglobs={**names, "torch": torch})
+    assert result.attempted > 0 and result.failed == 0

@@ -204,3 +204,58 @@ def test_weights_may_be_any_real_numbers_and_targets_must_match_ids() -> None:
     assert ensemble.weights == [0.25, 0.75]
     with pytest.raises(ValueError, match=r"targets must have the shape of ids \(1, 4\)"):
         ensemble(_ids(1, 4), _ids(1, 3))
+
+
+@settings(max_examples=25, deadline=None)
+@given(weights=st.lists(st.floats(0.05, 20.0), min_size=3, max_size=3))
+def test_a_mixture_is_the_weighted_arithmetic_mean(weights: list[float]) -> None:
+    members = _members()
+    ids = _ids(2, 7)
+    with torch.no_grad():
+        got = Ensemble(members, weights, combine="mixture")(ids).logits.exp().double()
+        probs = [F.softmax(m(ids).logits.double(), dim=-1) for m in members]
+    total = sum(weights)
+    expected = sum(p * (w / total) for p, w in zip(probs, weights, strict=True))
+    assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    # Each token's probability lies between the members' own: never sharper than them all.
+    stacked = torch.stack(probs)  # (members, B, T, V)
+    assert bool((got >= stacked.min(0).values - 1e-6).all())
+    assert bool((got <= stacked.max(0).values + 1e-6).all())
+
+
+class _Veto(nn.Module):
+    """A GPT that rules out one token: its logit is -1e9 at every position."""
+
+    def __init__(self, model: GPT, token: int) -> None:
+        super().__init__()
+        self.model, self.token, self.config = model, token, model.config
+
+    def forward(self, ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        logits = self.model(ids, **kwargs).logits.clone()
+        logits[..., self.token] = -1e9
+        return logits
+
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> object:
+        return self.model.new_cache(batch_size, max_length)
+
+
+def test_a_mixture_keeps_a_token_that_one_member_rules_out() -> None:
+    members = [_gpt(0), _Veto(_gpt(1), token=5)]
+    ids = _ids(1, 4)
+    with torch.no_grad():
+        p0 = F.softmax(members[0](ids).logits, dim=-1)[..., 5]
+        product = Ensemble(members)(ids).logits.exp()[..., 5]
+        mixture = Ensemble(members, combine="mixture")
+        mixed = mixture(ids).logits.exp()[..., 5]
+        stepped = mixture(ids, cache=mixture.new_cache(1)).logits.exp()[..., 5]
+    assert bool((product < 1e-6).all())  # the product follows the veto
+    assert_close(mixed, p0 / 2)  # the mixture keeps half of member 0's probability
+    assert_close(stepped, mixed)
+
+
+def test_combine_must_be_product_or_mixture() -> None:
+    with pytest.raises(
+        ValueError, match=r"combine must be one of \('product', 'mixture'\), got 'mean'"
+    ):
+        Ensemble([_gpt(0)], combine="mean")  # type: ignore[arg-type]
+    assert Ensemble([_gpt(0)]).combine == "product"

@@ -182,6 +182,16 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     )  # fmt: skip
     assert stranger.returncode != 0 and "no run.json and tokenizer.json" in stranger.stderr
 
+    # A step count set by --budget-minutes is kept in run.json (it was once overwritten by null).
+    budget = tmp_path / "budget"
+    timed = subprocess.run(
+        [sys.executable, script, "--midi-dir", str(tmp_path / "midi"), "--out-dir", str(budget),
+         *BACH_TINY, "--budget-minutes", "0.01"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert timed.returncode == 0, timed.stderr
+    assert json.loads((budget / "run.json").read_text())["max_steps"] >= 20  # steps_for_budget
+
     missing = subprocess.run(
         [sys.executable, script, "--out-dir", str(tmp_path / "nothing"), "--evaluate", "best"],
         capture_output=True, text=True, timeout=600, env=env,

@@ -363,3 +363,16 @@ def test_plot_metrics_with_no_known_keys_says_what_the_file_has(tmp_path):
     with pytest.raises(ValueError, match=r"it has \['accuracy'\]"):
         plot_metrics(path, tmp_path / "out.png")
     assert _png_size(plot_metrics(path, tmp_path / "acc.png", keys=["accuracy"]))[0] > 1_000
+
+
+@pytest.mark.parametrize("module", ["", "._jsonl", "._multi", "._tensorboard"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    import transformer_kit.logging as metric_logging
+
+    names = {name: getattr(metric_logging, name) for name in metric_logging.__all__}
+    target = importlib.import_module(f"transformer_kit.logging{module}")
+    result = doctest.testmod(target, extraglobs=names)
+    assert result.attempted > 0 and result.failed == 0

@@ -22,7 +22,8 @@ PUBLIC = {
         "Tokenizer", "VoiceLeading", "Vocabulary", "load_tokenizer",
     ],
     "models": [
-        "BarPositionFeatures", "Block", "CausalSelfAttention", "Ensemble", "EnsembleCache",
+        "BarPositionFeatures", "Block", "CausalSelfAttention", "CombineKind", "Ensemble",
+        "EnsembleCache",
         "FeatureSum", "Float16Linear", "GPT", "GPTConfig", "KVCache", "MLP", "MlpKind",
         "NormKind", "Output", "PositionKind", "SwiGLU", "VoiceStateFeatures",
         "pack_float16_linears",

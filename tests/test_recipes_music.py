@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from transformer_kit.augment import Compose, PitchShift, RhythmScale
-from transformer_kit.checkpoint import CheckpointManager
+from transformer_kit.checkpoint import CheckpointError, CheckpointManager
 from transformer_kit.data import TokenDataset
 from transformer_kit.metrics import music
-from transformer_kit.models import Ensemble, FeatureSum, VoiceStateFeatures
+from transformer_kit.models import FeatureSum, VoiceStateFeatures
 from transformer_kit.recipes import music as recipe
 from transformer_kit.tokenization import MusicTokenizer, NoteEvent, VoiceLeading
 
@@ -63,6 +63,16 @@ def test_module_doctest_runs():
     assert doctest.testmod(recipe).failed == 0
 
 
+def test_load_splits_refuses_a_folder_too_small_for_three_splits(tmp_path):
+    pytest.importorskip("music21")
+    from transformer_kit.data import write_midi
+
+    for i in range(2):
+        write_midi(_chorale(i), tmp_path / f"piece_{i}.mid")
+    with pytest.raises(ValueError, match="has too few pieces: no"):
+        recipe.load_splits(tmp_path)
+
+
 def test_fit_tokenizer_covers_the_pieces_and_two_semitones_more():
     pieces = [[NoteEvent(50, 1, 0.0, 1.0), NoteEvent(70, 3, 0.0, 1.0)], [NoteEvent(61, 2, 1, 1)]]
     tok = recipe.fit_tokenizer(pieces)
@@ -105,14 +115,21 @@ def test_music_gpt_uses_rope_and_the_tokenizer_features(voice_features):
     assert model(ids).logits.shape == (1, 40, len(tok.vocab))
 
 
-def _save_run(folder, tok, model, *, step, extra=None):
+def _save_run(folder, tok, model, *, step, extra=None, voice_features=False):
+    """A run folder as examples/bach.py leaves it: run.json, tokenizer.json, checkpoints/.
+
+    Steps 1 .. `step` are each saved (periodic checkpoints too), the best at `step`.
+    """
     folder.mkdir()
     tok.save(folder / "tokenizer.json")
-    (folder / "run.json").write_text(json.dumps({**TINY, "lr": 0.1, "voice_features": False}))
-    state = {"model": model.state_dict(), "step": step, **(extra or {})}
-    CheckpointManager(folder / "checkpoints", monitor="music_combined", mode="max").save(
-        state, step=step, metrics={"music_combined": 0.5}
+    shape = {**TINY, "lr": 0.1, "voice_features": voice_features}
+    (folder / "run.json").write_text(json.dumps(shape))
+    manager = CheckpointManager(
+        folder / "checkpoints", monitor="music_combined", mode="max", every_steps=1, keep_last=2
     )
+    for at in range(1, step + 1):
+        state = {"model": model.state_dict(), "step": at, **(extra or {})}
+        manager.save(state, step=at, metrics={"music_combined": at / step})
 
 
 def test_load_run_model_rebuilds_the_shape_and_prefers_the_weight_average(tmp_path):
@@ -121,7 +138,7 @@ def test_load_run_model_rebuilds_the_shape_and_prefers_the_weight_average(tmp_pa
     model = recipe.music_gpt(tok, **TINY)
     _save_run(tmp_path / "plain", tok, model, step=7)
     loaded, step = recipe.load_run_model(tmp_path / "plain", "best", tok)
-    assert step == 7 and not loaded.training
+    assert step == 7 and not loaded.training and loaded.position_features is not None
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -135,7 +152,28 @@ def test_load_run_model_rebuilds_the_shape_and_prefers_the_weight_average(tmp_pa
     with pytest.raises(FileNotFoundError, match="no run.json and tokenizer.json"):
         recipe.load_run_model(tmp_path, "best")
     with pytest.raises(FileNotFoundError, match="no checkpoint 'step-00000001'"):
-        recipe.load_run_model(tmp_path / "plain", "step-00000001")
+        recipe.load_run_model(tmp_path / "plain", "step-00000001")  # rotated out (keep_last 2)
+    assert recipe.load_run_model(tmp_path / "plain", "step-00000006.pt")[1] == 6
+
+    _save_run(tmp_path / "voices", tok, recipe.music_gpt(tok, **TINY, voice_features=True),
+              step=1, voice_features=True)  # fmt: skip
+    voiced, _ = recipe.load_run_model(tmp_path / "voices", "last")
+    assert isinstance(voiced.position_features, FeatureSum)  # the shape comes from run.json
+
+    (tmp_path / "bare").mkdir()
+    tok.save(tmp_path / "bare" / "tokenizer.json")
+    (tmp_path / "bare" / "run.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no checkpoint 'best'"):
+        recipe.load_run_model(tmp_path / "bare", "best")  # no checkpoints/ at all
+    assert not (tmp_path / "bare" / "checkpoints").exists()  # and none was made
+    (tmp_path / "bare" / "checkpoints").mkdir()
+    (tmp_path / "bare" / "checkpoints" / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a checkpoint manifest"):
+        recipe.load_run_model(tmp_path / "bare", "best")
+    best = tmp_path / "plain" / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:-10] + bytes(10))
+    with pytest.raises(CheckpointError, match="best.pt"):
+        recipe.load_run_model(tmp_path / "plain", "best")
 
 
 def test_piece_sampler_is_seeded_and_every_sample_decodes():
@@ -233,8 +271,15 @@ def test_evaluate_music_scores_samples_against_the_holdout(tmp_path):
     model = recipe.music_gpt(tok, **TINY)
     sampler = recipe.PieceSampler(model, tok, voices="fill", min_notes=2, temperature=0.8)
     evaluation = _evaluation(tok)
-    results = recipe.evaluate_music(sampler, out_dir=tmp_path / "eval", sets=2, **evaluation)
+    results = recipe.evaluate_music(
+        sampler, out_dir=tmp_path / "eval", sets=2, seed=5, **evaluation
+    )
     assert not model.training and results["decodable"] == 1.0
+    profile = evaluation["profile"]
+    # The samples come from seed + 2, the second set from seed + 2 + 1000.
+    first = [p for p in sampler.pieces(3, 60, seed=7) if p]
+    assert results["samples"] == pytest.approx(music.corpus_summary(first))
+    second = [p for p in sampler.pieces(3, 60, seed=1007) if p]
     nll = recipe.token_nll(model, evaluation["streams"]["val"], block_size=32, batch_size=4)
     assert results["val_loss"] == pytest.approx(nll)
     bach = music.overall_score(evaluation["holdout"], evaluation["profile"])
@@ -243,16 +288,21 @@ def test_evaluate_music_scores_samples_against_the_holdout(tmp_path):
     assert len(sets) == 2 and sets[0] == pytest.approx(
         100 * results["overall_score_samples"] / bach
     )
+    assert sets[1] == pytest.approx(100 * music.overall_score(second, profile) / bach)
     assert results["percent_of_bach_mean"] == pytest.approx(sum(sets) / 2)
     assert (results["voices"], results["min_notes"], results["temperature"]) == ("fill", 2, 0.8)
     names = sorted(p.name for p in (tmp_path / "eval" / "samples").iterdir())
     assert names == ["sample_00.mid", "sample_00.musicxml", "sample_01.mid", "sample_01.musicxml",
                      "sample_02.mid", "sample_02.musicxml"]  # fmt: skip
-    results.update(steps=5, train_wall_s=None, params=model.num_parameters())
+    results.update(steps=5, train_wall_s=12.5, params=model.num_parameters())
     report = recipe.write_results(results, tmp_path / "eval")
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["steps"] == 5
     assert (tmp_path / "eval" / "results.md").read_text() == report
-    assert "| overall_score |" in report and "- step 5, " in report
+    assert "| overall_score |" in report and "- step 5, training 12.5 s, " in report
+    low, high = sorted(sets)
+    assert f"over 2 sets of samples: mean {sum(sets) / 2:.1f}%, {low:.1f}-{high:.1f}%" in report
+    half = results["seconds_1000_tokens_float16"]
+    assert (half is None) == ("with float16" not in report)
 
 
 def test_evaluate_checkpoint_names_its_folder_and_leaves_the_runs_alone(tmp_path, monkeypatch):
@@ -262,7 +312,14 @@ def test_evaluate_checkpoint_names_its_folder_and_leaves_the_runs_alone(tmp_path
     model = recipe.music_gpt(tok, **TINY)
     _save_run(tmp_path / "a", tok, model, step=4)
     _save_run(tmp_path / "b", tok, recipe.music_gpt(tok, **TINY), step=9)
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    # A save in progress (or one a crash left behind): a checkpoint manager would tidy it away.
+    (tmp_path / "b" / "checkpoints" / "last.pt.tmp.123").write_bytes(b"partial")
+
+    def run_files():
+        files = (p for p in tmp_path.rglob("*") if p.is_file() and "eval_" not in str(p))
+        return {p: p.read_bytes() for p in files}
+
+    before = run_files()
     sampler = recipe.PieceSampler(model, tok, voices="mono", temperature=0.7, top_k=5)
     runs = [tmp_path / "a", tmp_path / "b"]
     results = recipe.evaluate_checkpoint(sampler, runs, "best", **_evaluation(tok))
@@ -270,7 +327,7 @@ def test_evaluate_checkpoint_names_its_folder_and_leaves_the_runs_alone(tmp_path
     assert json.loads((folder / "results.json").read_text()) == json.loads(json.dumps(results))
     assert results["steps"] == 4 and results["ensemble"] == [str(tmp_path / "b")]
     assert results["params"] == 2 * model.num_parameters()
-    assert {p: p.read_bytes() for p in before} == before
+    assert run_files() == before
     assert sampler.model is model  # the caller's sampler keeps its own model
 
     # At the default sample length the folder name says nothing of it (60 stands in for 1200).
@@ -278,16 +335,14 @@ def test_evaluate_checkpoint_names_its_folder_and_leaves_the_runs_alone(tmp_path
     alone = recipe.evaluate_checkpoint(sampler, runs[:1], "last", **_evaluation(tok))
     assert (tmp_path / "a" / "eval_last_t0.7_k5_mono0").is_dir()
     assert alone["ensemble"] == [] and alone["params"] == model.num_parameters()
+    # A run with itself is the same distribution (a product of two equal experts), so the same
+    # seeds draw the same samples.
+    twice = recipe.evaluate_checkpoint(sampler, [runs[0], runs[0]], "last", **_evaluation(tok))
+    assert twice["samples"] == pytest.approx(alone["samples"])
+    assert twice["percent_of_bach_sets"] == pytest.approx(alone["percent_of_bach_sets"])
+    assert run_files() == before
     with pytest.raises(ValueError, match="run_dirs must name at least one run"):
         recipe.evaluate_checkpoint(sampler, [], "best", **_evaluation(tok))
-
-
-def test_ensemble_of_a_run_with_itself_samples_as_the_run(tmp_path):
-    tok = MusicTokenizer()
-    model = recipe.music_gpt(tok, **TINY).eval()
-    sampler = recipe.PieceSampler(model, tok, voices="fill", temperature=0.8)
-    pair = recipe.PieceSampler(Ensemble([model, model]), tok, voices="fill", temperature=0.8)
-    assert torch.equal(sampler.ids(2, 40, seed=1), pair.ids(2, 40, seed=1))
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from __future__ import annotations
 from transformer_kit.models.attention import CausalSelfAttention
 from transformer_kit.models.cache import KVCache
 from transformer_kit.models.config import GPTConfig, MlpKind, NormKind, PositionKind
-from transformer_kit.models.ensemble import Ensemble, EnsembleCache
+from transformer_kit.models.ensemble import CombineKind, Ensemble, EnsembleCache
 from transformer_kit.models.features import BarPositionFeatures, FeatureSum, VoiceStateFeatures
 from transformer_kit.models.gpt import GPT, Block, Output
 from transformer_kit.models.layers import MLP, Float16Linear, SwiGLU, pack_float16_linears
@@ -31,6 +31,7 @@ __all__ = [
     "Float16Linear",
     "pack_float16_linears",
     "KVCache",
+    "CombineKind",
     "Ensemble",
     "EnsembleCache",
     "BarPositionFeatures",

@@ -3,8 +3,9 @@
 The members' next-token log-probabilities are averaged with weights and renormalised, a product
 of experts (Hinton 2002): a token must be likely under every member to stay likely. Two models
 with different strengths, say one that knows its voices and one that keeps its key, can then
-sample better than either. `Ensemble` has the `GPT` calling convention, so `generate`,
-`beam_search` and any evaluation loop take it as a model, with a KV cache per member.
+sample better than either. `combine="mixture"` averages the probabilities instead. `Ensemble`
+has the `GPT` calling convention, so `generate`, `beam_search` and any evaluation loop take it
+as a model, with a KV cache per member.
     >>> a = GPT(GPTConfig(vocab_size=5, n_layer=1, d_model=8, n_head=2))
     >>> b = GPT(GPTConfig(vocab_size=5, n_layer=1, d_model=8, n_head=2))
     >>> with torch.no_grad():
@@ -19,8 +20,9 @@ import math
 from collections.abc import Sequence
 from numbers import Real
 from types import SimpleNamespace
+from typing import Literal, get_args
 
-import torch  # noqa: F401  (used by the doctest)
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,7 +30,10 @@ from transformer_kit.models.cache import KVCache
 from transformer_kit.models.config import GPTConfig  # noqa: F401  (used by the doctest)
 from transformer_kit.models.gpt import GPT, Output  # noqa: F401  (GPT: the doctest)
 
-__all__ = ["Ensemble", "EnsembleCache"]
+__all__ = ["CombineKind", "Ensemble", "EnsembleCache"]
+
+CombineKind = Literal["product", "mixture"]
+"""How `Ensemble` joins its members' distributions: a weighted geometric or arithmetic mean."""
 
 # Shapes: B batch, T new positions, V vocabulary.
 
@@ -79,30 +84,50 @@ class EnsembleCache:
 
 
 class Ensemble(nn.Module):
-    """Models with one vocabulary that predict as one: a weighted product of experts.
+    """Models with one vocabulary that predict as one: a product of experts, or a mixture.
 
-    `forward` returns, as logits, `log_softmax(sum_i w_i * log_softmax(logits_i))`: normalised
-    log-probabilities, so `softmax` of them (what sampling does) is the renormalised weighted
-    geometric mean of the members' distributions, and the loss is the cross-entropy of that
-    distribution. With one member it is that member's `log_softmax`.
+    `forward` returns normalised log-probabilities as logits, so `softmax` of them is what
+    sampling draws from, and the loss is the cross-entropy of that distribution:
+
+    - `combine="product"` (the default): `log_softmax(sum_i w_i * log_softmax(logits_i))`, the
+      renormalised weighted geometric mean of the members' distributions. A token must be
+      likely under every member to stay likely, so it is sharper than either member;
+    - `combine="mixture"`: `log(sum_i w_i * softmax(logits_i))`, the weighted arithmetic mean.
+      Each token's probability lies between the members' own, so it is never sharper than
+      the sharpest member, and a token likely under any member stays possible.
+
+    With one member either is that member's `log_softmax`.
 
     Args:
         models: the members, each called as `model(ids, cache=..., attention_mask=...)` and
             returning `Output` or logits (B, T, V); `GPT` does. All need the same vocabulary.
         weights: one positive finite weight per member, normalised to sum to 1; None means
             equal weights.
+        combine: "product" or "mixture" (above).
 
     Attributes:
         config: `context_limit` (the smallest member's, or None if a member has none),
             `vocab_size` and `pad_id` (from the first member), read by `generate`.
 
     Raises:
-        ValueError: if `models` is empty, the members' `config.vocab_size` differ, or
-            `weights` has another length or a weight that is not a finite number > 0.
+        ValueError: if `models` is empty, the members' `config.vocab_size` differ,
+            `weights` has another length or a weight that is not a finite number > 0, or
+            `combine` is neither "product" nor "mixture".
     """
 
-    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        weights: Sequence[float] | None = None,
+        *,
+        combine: CombineKind = "product",
+    ) -> None:
         super().__init__()
+        if combine not in get_args(CombineKind):
+            raise ValueError(
+                f"Ensemble: combine must be one of {get_args(CombineKind)}, got {combine!r}"
+            )
+        self.combine: CombineKind = combine
         if len(models) == 0:
             raise ValueError("Ensemble: models must hold at least one model, got none")
         configs = [getattr(model, "config", None) for model in models]
@@ -179,8 +204,13 @@ class Ensemble(nn.Module):
                 kwargs["attention_mask"] = attention_mask
             output = model(ids, **kwargs)
             logits = getattr(output, "logits", output)  # (B, T, V)
-            part = weight * F.log_softmax(logits.float(), dim=-1)
-            mixed = part if mixed is None else mixed + part
+            member = F.log_softmax(logits.float(), dim=-1)
+            if self.combine == "product":
+                part = weight * member
+                mixed = part if mixed is None else mixed + part
+            else:  # log(sum_i w_i p_i), summed in log space: no underflow of tiny p_i
+                part = member + math.log(weight)
+                mixed = part if mixed is None else torch.logaddexp(mixed, part)
         assert mixed is not None  # at least one member (checked in __init__)
         log_probs = F.log_softmax(mixed, dim=-1)  # (B, T, V)
         if targets is None:

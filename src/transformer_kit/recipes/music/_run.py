@@ -21,7 +21,7 @@ from transformer_kit.augment import (
     three_stage,
 )
 from transformer_kit.averaging import inference_weights
-from transformer_kit.checkpoint import CheckpointManager
+from transformer_kit.checkpoint import load_checkpoint
 from transformer_kit.data import TokenDataset, bach_chorales, read_music_folder, split_pieces
 from transformer_kit.models import (
     GPT,
@@ -55,7 +55,7 @@ _PITCH_MARGIN = 2  # semitones beyond a folder's range: room for +-2 pitch shift
 def load_splits(
     midi_dir: Path | None = None, *, cache_dir: Path | None = None, seed: int = 1337
 ) -> dict[str, list[Piece]]:
-    """Train, val and test pieces: the Bach chorales, or a folder of MIDI / MusicXML files.
+    """Train, val and test pieces: the Bach chorales, or the MIDI files of a folder.
 
     The chorales come from `data.bach_chorales(cache_dir)`; a folder is read with
     `data.read_music_folder` and split 90/5/5 by melody with `data.split_pieces(seed=seed)`.
@@ -157,12 +157,17 @@ def load_run_model(
     """The model of a finished run and its training step, in eval mode, ready to sample.
 
     The run folder holds run.json (`music_gpt`'s `RUN_SHAPE` keywords; missing ones take their
-    defaults, other keys are ignored), tokenizer.json and checkpoints/<checkpoint>.pt; the
-    weights are `averaging.inference_weights` (the moving average when the run kept one).
+    defaults, other keys are ignored), tokenizer.json and the checkpoints/ of a
+    `CheckpointManager`; the weights are `averaging.inference_weights` of `checkpoint` ("best",
+    "last", "step-00000400"), the moving average when the run kept one. Nothing in the folder
+    is written: the file is checked against the manifest's sha256 and read with
+    `checkpoint.load_checkpoint`, without opening a manager (which tidies its folder).
 
     Raises:
         FileNotFoundError: if run.json, tokenizer.json or the checkpoint is missing.
-        ValueError: if `tokenizer` is given and differs from the run's.
+        ValueError: if `tokenizer` is given and differs from the run's, or the manifest is not
+            readable JSON.
+        CheckpointError: if the checkpoint file does not match its manifest entry or is corrupt.
     """
     where = f"load_run_model: run_dir {str(run_dir)!r}"
     if not (run_dir / "run.json").is_file() or not (run_dir / "tokenizer.json").is_file():
@@ -170,20 +175,20 @@ def load_run_model(
     own = MusicTokenizer.load(run_dir / "tokenizer.json")
     if tokenizer is not None and own.to_dict() != tokenizer.to_dict():
         raise ValueError(f"{where}: its tokenizer differs from the one given")
-    trained = json.loads((run_dir / "run.json").read_text())
-    model = music_gpt(own, **{name: trained[name] for name in RUN_SHAPE if name in trained})
     manifest = run_dir / "checkpoints" / "manifest.json"
-    missing = FileNotFoundError(f"{where} has no checkpoint {checkpoint!r}")
-    if not manifest.is_file():
-        raise missing
-    # The run's own monitor, so that opening its manager neither warns nor forgets its best.
-    tracked = json.loads(manifest.read_text())
-    manager = CheckpointManager(
-        run_dir / "checkpoints", monitor=tracked["monitor"], mode=tracked["mode"]
-    )
-    if not manager.exists(checkpoint):
-        raise missing
-    state = manager.load(checkpoint)
+    try:
+        entries = json.loads(manifest.read_text())["checkpoints"] if manifest.is_file() else {}
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{where}: {manifest} is not a checkpoint manifest ({error!r})") from error
+    name = checkpoint.removesuffix(".pt")
+    if name not in entries:
+        raise FileNotFoundError(f"{where} has no checkpoint {checkpoint!r}")
+    path = run_dir / "checkpoints" / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: its manifest lists {checkpoint!r} but {path} is missing")
+    state = load_checkpoint(path, expected_sha256=entries[name]["sha256"])
+    trained = json.loads((run_dir / "run.json").read_text())
+    model = music_gpt(own, **{key: trained[key] for key in RUN_SHAPE if key in trained})
     model.load_state_dict(inference_weights(state))
     return model.eval(), int(state["step"])
 
