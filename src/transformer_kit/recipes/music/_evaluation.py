@@ -18,7 +18,7 @@ from transformer_kit.metrics import music
 from transformer_kit.models import Ensemble, pack_float16_linears
 from transformer_kit.recipes.music._run import load_run_model
 from transformer_kit.recipes.music._sampler import PieceSampler
-from transformer_kit.tokenization import NoteEvent
+from transformer_kit.tokenization.events import Piece
 
 __all__ = [
     "SAMPLE_TOKENS",
@@ -28,8 +28,6 @@ __all__ = [
     "token_nll",
     "write_results",
 ]
-
-Piece = list[NoteEvent]
 
 SAMPLE_TOKENS = 1200
 """`evaluate_music`'s default tokens per sample (`evaluate_checkpoint` names other counts)."""
@@ -84,6 +82,7 @@ def evaluate_music(
     `GPT`, an `Ensemble`, ...) is put in eval mode.
     """
     sampler.model.eval()
+    holdout = list(holdout)
     losses = {
         split: token_nll(
             sampler.model, streams[split], block_size=block_size, batch_size=batch_size
@@ -103,7 +102,7 @@ def evaluate_music(
     for i, piece in enumerate(kept[:8]):
         write_midi(piece, out_dir / "samples" / f"sample_{i:02d}.mid")
         write_musicxml(piece, out_dir / "samples" / f"sample_{i:02d}.musicxml")
-    bach_score = music.overall_score(list(holdout), profile)
+    bach_score = music.overall_score(holdout, profile)
     scores = [music.overall_score(kept, profile)]
     for k in range(1, sets):
         more = sampler.pieces(samples, tokens, seed=seed + 2 + 1000 * k)
@@ -120,14 +119,14 @@ def evaluate_music(
         "seconds_1000_tokens_float16": seconds_float16,
         "decodable": sum(1 for p in decoded if p) / len(decoded),
         "samples": music.corpus_summary(kept),
-        "held_out_bach": music.corpus_summary(list(holdout)),
+        "held_out_bach": music.corpus_summary(holdout),
         "overall_score_samples": scores[0],
         "overall_score_bach": bach_score,
         "percent_of_bach": percents[0],
         "percent_of_bach_sets": percents,
         "percent_of_bach_mean": sum(percents) / len(percents),
         "bigram_overlap_samples": music.interval_bigram_overlap(kept, profile),
-        "bigram_overlap_bach": music.interval_bigram_overlap(list(holdout), profile),
+        "bigram_overlap_bach": music.interval_bigram_overlap(holdout, profile),
     }
 
 

@@ -30,7 +30,8 @@ from transformer_kit.models import (
     GPTConfig,
     VoiceStateFeatures,
 )
-from transformer_kit.tokenization import MusicTokenizer, NoteEvent
+from transformer_kit.tokenization import MusicTokenizer
+from transformer_kit.tokenization.events import Piece
 
 __all__ = [
     "RUN_SHAPE",
@@ -42,8 +43,6 @@ __all__ = [
     "pitch_stages",
     "steps_for_budget",
 ]
-
-Piece = list[NoteEvent]
 
 RUN_SHAPE = ("n_layer", "n_head", "d_model", "d_ff", "block_size", "dropout", "voice_features")
 """The keywords of `music_gpt` that `load_run_model` reads from a run's run.json."""

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from transformer_kit.sampling import generate
-from transformer_kit.tokenization import MusicTokenizer, NoteEvent, VoiceLeading
+from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
+from transformer_kit.tokenization.events import Piece
 
 __all__ = ["PieceSampler", "Voices"]
 
-Piece = list[NoteEvent]
 Voices = Literal["fill", "mono", "grammar"]
 """The sampling constraint: `VoiceLeading` with every voice sounding (fill), one note per voice
 only (mono), or the tokenizer's grammar alone."""
