@@ -1363,7 +1363,7 @@ def test_absolute_positions_stop_at_block_size(position: str) -> None:
     with torch.no_grad():
         model(_ids(1, BLOCK), cache=cache)
         with pytest.raises(
-            ValueError, match=rf"cache length {BLOCK} \+ 1 new tokens = {BLOCK + 1} exceeds "
+            ValueError, match=rf"position {BLOCK} \+ 1 new tokens = {BLOCK + 1} exceeds "
             rf"block_size {BLOCK}; position '{position}' cannot extrapolate"
         ):  # fmt: skip
             model(_ids(1, 1), cache=cache)
@@ -1382,7 +1382,7 @@ def test_relative_positions_run_up_to_max_position(position: str) -> None:
         model(_ids(1, 19), cache=cache)
         model(_ids(1, 1), cache=cache)
         with pytest.raises(
-            ValueError, match=r"cache length 20 \+ 1 new tokens = 21 exceeds max_position 20"
+            ValueError, match=r"position 20 \+ 1 new tokens = 21 exceeds max_position 20"
         ):
             model(_ids(1, 1), cache=cache)
         with pytest.raises(ValueError, match="sequence length 21 exceeds max_position 20"):

@@ -1,7 +1,10 @@
 """`KVCache`: per-layer keys and values kept between forward calls, for fast generation.
 
 Make one with `model.new_cache(batch_size)`, prefill it with the prompt, then feed one token at a
-time: each call computes attention for the new positions only.
+time: each call computes attention for the new positions only. A rolling cache
+(`model.new_cache(batch_size, rolling=True)`) keeps only the last `max_length` positions, so
+decoding past the model's training length attends to a sliding window instead of
+extrapolating.
     >>> cache = KVCache(n_layer=2, batch_size=1, n_kv_head=2, head_dim=4, max_length=16)
     >>> (cache.length, cache.max_length, tuple(cache.keys[0].shape))
     (0, 16, (1, 2, 16, 4))
@@ -20,9 +23,13 @@ __all__ = ["KVCache"]
 class KVCache:
     """Keys and values of every layer, preallocated to `max_length` positions.
 
-    Positions `0 .. length - 1` hold the keys and values of the tokens seen so far (after RoPE and
+    Slots `0 .. length - 1` hold the keys and values of the tokens seen so far (after RoPE and
     qk-norm, so they are reused as they are). `GPT.forward(ids, cache=cache)` writes the new
-    tokens at `length .. length + T - 1` and then advances `length` by T. Use it under
+    tokens at slots `length .. length + T - 1` and then advances `length` by T. Slot i holds
+    position `offset + i`: `shift(n)` drops the n oldest slots and adds n to `offset`, so the
+    tokens kept keep their positions. A `rolling` cache is shifted by `GPT.forward` whenever new
+    tokens would overflow it: each token then attends to the last `max_length` tokens, whose
+    keys were computed over their own windows (sliding-window attention). Use it under
     `torch.no_grad()` (or `torch.inference_mode()`, if the cache was made inside it too).
 
     Args:
@@ -34,11 +41,15 @@ class KVCache:
         max_length: positions L to allocate; a forward past it raises.
         dtype: the dtype of the stored tensors (the model's parameter dtype).
         device: where to allocate them.
+        rolling: let `GPT.forward` drop the oldest positions instead of refusing tokens past
+            `max_length`.
 
     Example:
         >>> cache = KVCache(n_layer=1, batch_size=2, n_kv_head=1, head_dim=2, max_length=4)
         >>> cache.advance(3); cache.crop(1); cache.length
         1
+        >>> cache.advance(3); cache.shift(2); (cache.length, cache.offset, cache.fed)
+        (2, 2, 4)
     """
 
     def __init__(
@@ -51,6 +62,7 @@ class KVCache:
         max_length: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        rolling: bool = False,
     ) -> None:
         for name, value in [
             ("n_layer", n_layer),
@@ -69,7 +81,16 @@ class KVCache:
         self.ids = torch.zeros((batch_size, max_length), dtype=torch.long, device=device)
         """The token ids fed so far, (B, L); position features that need the history read it."""
         self.length = 0
-        """Number of positions filled: the absolute position of the next token fed."""
+        """Number of slots filled; the next token fed goes to this slot."""
+        self.offset = 0
+        """The position of slot 0: how many positions `shift` dropped since the last reset."""
+        self.rolling = rolling
+        """Whether `GPT.forward` shifts the cache rather than overflow it."""
+
+    @property
+    def fed(self) -> int:
+        """Positions fed since the last reset (`offset + length`): the next token's position."""
+        return self.offset + self.length
 
     @property
     def n_layer(self) -> int:
@@ -119,9 +140,27 @@ class KVCache:
             )
         self.length = length
 
+    def shift(self, n: int) -> None:
+        """Drop the `n` oldest slots: the rest move to the front and keep their positions.
+
+        Raises:
+            ValueError: if `n` is not an int in [0, length].
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.length:
+            raise ValueError(f"KVCache.shift: n must be an int in [0, {self.length}], got {n!r}")
+        if n == 0:
+            return
+        kept = self.length - n
+        for buffer in (*self.keys, *self.values):
+            buffer[:, :, :kept] = buffer[:, :, n : self.length].clone()  # the ranges overlap
+        self.ids[:, :kept] = self.ids[:, n : self.length].clone()
+        self.length = kept
+        self.offset += n
+
     def reset(self) -> None:
         """Empty the cache for a new batch of prompts (the buffers are kept and reused)."""
         self.length = 0
+        self.offset = 0
 
     def reorder(self, index: Tensor) -> None:
         """Replace the rows by `rows[index]`, e.g. to follow surviving beams in beam search.

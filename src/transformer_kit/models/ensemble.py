@@ -43,8 +43,10 @@ class EnsembleCache:
 
     `Ensemble.new_cache` makes it; `Ensemble.forward(ids, cache=...)` feeds member i its cache
     `caches[i]`, after checking that the new tokens fit the smallest one. It offers what
-    `generate` and `beam_search` use: `length`, `max_length`, `batch_size`, `reset()`,
-    `crop(n)` and `reorder(index)`.
+    `generate` and `beam_search` use: `length`, `fed`, `max_length`, `batch_size`,
+    `rolling`, `reset()`, `crop(n)` and `reorder(index)`. Rolling member caches may hold
+    different windows (each its own model's block_size), so their lengths can differ; `fed`,
+    the positions fed since the last reset, is the same in every member.
     """
 
     def __init__(self, caches: Sequence[KVCache]) -> None:
@@ -54,8 +56,18 @@ class EnsembleCache:
 
     @property
     def length(self) -> int:
-        """Positions filled, the same in every member's cache."""
-        return self.caches[0].length
+        """Positions filled: the same in every member's cache until rolling caches shift."""
+        return min(cache.length for cache in self.caches)
+
+    @property
+    def fed(self) -> int:
+        """Positions fed since the last reset, the same in every member's cache."""
+        return self.caches[0].fed
+
+    @property
+    def rolling(self) -> bool:
+        """Whether every member's cache drops its oldest positions rather than overflow."""
+        return all(cache.rolling for cache in self.caches)
 
     @property
     def max_length(self) -> int:
@@ -188,12 +200,15 @@ class Ensemble(nn.Module):
                     f"Ensemble.forward: cache has {len(cache.caches)} member caches but the "
                     f"ensemble has {len(self.models)} models; make it with ensemble.new_cache(B)"
                 )
-            end = cache.length + ids.size(1)
-            if end > cache.max_length or ids.size(0) != cache.batch_size:
+            # A rolling member makes room for the new tokens itself (the window must hold them).
+            end = ids.size(1) if cache.rolling else cache.length + ids.size(1)
+            limit = self.config.context_limit
+            past_limit = limit is not None and cache.fed + ids.size(1) > limit
+            if end > cache.max_length or ids.size(0) != cache.batch_size or past_limit:
                 raise ValueError(
                     f"Ensemble.forward: {ids.size(0)} rows of {ids.size(1)} new tokens do not fit "
                     f"the cache ({cache.batch_size} rows, length {cache.length} of "
-                    f"{cache.max_length})"
+                    f"{cache.max_length}, {cache.fed} positions fed of context_limit {limit})"
                 )
         mixed: Tensor | None = None
         for i, (model, weight) in enumerate(zip(self.models, self.weights, strict=True)):
@@ -223,16 +238,20 @@ class Ensemble(nn.Module):
         )
         return Output(log_probs, loss)
 
-    def new_cache(self, batch_size: int, max_length: int | None = None) -> EnsembleCache:
+    def new_cache(
+        self, batch_size: int, max_length: int | None = None, *, rolling: bool = False
+    ) -> EnsembleCache:
         """An `EnsembleCache` holding `model.new_cache(batch_size, max_length)` per member.
 
         None means `config.context_limit` (the smallest member's), so every member's cache has
-        the same length and none allocates more than the ensemble can use.
+        the same length and none allocates more than the ensemble can use. With `rolling`,
+        each member gets `model.new_cache(batch_size, max_length, rolling=True)`: None then
+        means each member's own window (a `GPT`'s block_size, the length it was trained on).
 
         Raises:
             TypeError: if a member has no `new_cache` (use `generate(..., use_cache=False)`).
         """
-        if max_length is None:
+        if max_length is None and not rolling:
             max_length = self.config.context_limit
         caches = []
         for i, model in enumerate(self.models):
@@ -242,5 +261,8 @@ class Ensemble(nn.Module):
                     f"Ensemble.new_cache: model {i} ({type(model).__name__}) has no new_cache; "
                     "pass use_cache=False to generate"
                 )
-            caches.append(new_cache(batch_size, max_length))
+            if rolling:
+                caches.append(new_cache(batch_size, max_length, rolling=True))
+            else:
+                caches.append(new_cache(batch_size, max_length))
         return EnsembleCache(caches)

@@ -191,11 +191,24 @@ class GPT(nn.Module):
                 f"got {tuple(targets.shape)}"
             )
         start = 0 if cache is None else cache.length
+        offset = 0 if cache is None else cache.offset
         self._check_length(start, T, cache, B)
+        # A rolling cache drops its oldest positions to make room for the new tokens.
+        overflow = 0 if cache is None or not cache.rolling else start + T - cache.max_length
+        if attention_mask is not None and (offset or overflow > 0):
+            raise ValueError(
+                "GPT.forward: attention_mask cannot be used with a shifted cache "
+                f"(offset {offset}, {max(overflow, 0)} more to drop): its columns would no "
+                "longer match the cache's slots"
+            )
+        if cache is not None and overflow > 0:
+            cache.shift(overflow)
+            start, offset = cache.length, cache.offset
         key_mask = _key_mask(attention_mask, B, start + T)  # (B, S) bool, or None
 
         if key_mask is None:
-            positions = torch.arange(start, start + T, device=ids.device)  # (T,)
+            # Slot i of the cache holds position offset + i.
+            positions = torch.arange(offset + start, offset + start + T, device=ids.device)
         else:
             # Position = real tokens before this slot; padded slots get 0 (their output is unused).
             counts = key_mask.long().cumsum(dim=1)  # (B, S)
@@ -253,7 +266,7 @@ class GPT(nn.Module):
                 f"{cache.batch_size}, but the model has n_layer {config.n_layer} and ids have "
                 f"batch size {B}; make it with model.new_cache({B})"
             )
-        end = start + T
+        end = cache.offset + start + T  # the position after the new tokens
         if end > limit:
             hint = (
                 "; rope and alibi can run further if max_position is set"
@@ -262,25 +275,35 @@ class GPT(nn.Module):
                 " and rebuild the cache"
             )
             raise ValueError(
-                f"GPT.forward: cache length {start} + {T} new tokens = {end} exceeds "
+                f"GPT.forward: position {cache.fed} + {T} new tokens = {end} exceeds "
                 f"{limit_name} {limit}{hint}"
             )
-        if end > cache.max_length:
+        slots = T if cache.rolling else start + T  # a rolling cache makes room for T tokens
+        if slots > cache.max_length:
             raise ValueError(
-                f"GPT.forward: cache length {start} + {T} new tokens = {end} exceeds the "
-                f"cache's max_length {cache.max_length}"
+                f"GPT.forward: cache length {0 if cache.rolling else start} + {T} new tokens = "
+                f"{slots} exceeds the cache's max_length {cache.max_length}"
             )
 
-    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+    def new_cache(
+        self, batch_size: int, max_length: int | None = None, *, rolling: bool = False
+    ) -> KVCache:
         """An empty `KVCache` for `batch_size` rows, in the dtype and on the device of the model.
 
         Args:
             batch_size: rows of every `ids` fed with this cache.
             max_length: positions to allocate (prompt + new tokens); None means
-                `config.context_limit`. Allocate only what you need when max_position is large.
+                `config.context_limit`, or `config.block_size` with `rolling`. Allocate only
+                what you need when max_position is large.
+            rolling: keep only the last `max_length` positions, dropping the oldest as new
+                ones come (`KVCache.shift`), so decoding can run up to `config.context_limit`
+                while attending to at most `max_length` tokens: the length the model was
+                trained on, by default. Needs relative positions (rope or alibi), which do not
+                change for the tokens kept.
 
         Raises:
-            ValueError: if `max_length` is not in [1, config.context_limit].
+            ValueError: if `max_length` is not in [1, config.context_limit], or `rolling` is
+                asked of a model with absolute positions.
 
         Example:
             >>> model = GPT(GPTConfig(vocab_size=10, n_layer=1, d_model=16, n_head=2)).eval()
@@ -291,8 +314,16 @@ class GPT(nn.Module):
             >>> cache.length, step.shape
             (4, torch.Size([1, 1, 10]))
         """
-        limit = self.config.context_limit
-        length = limit if max_length is None else max_length
+        config = self.config
+        if rolling and config.position not in ("rope", "alibi"):
+            raise ValueError(
+                f"GPT.new_cache: rolling needs relative positions (rope or alibi), got position "
+                f"{config.position!r}: absolute positions past block_size do not exist"
+            )
+        limit = config.context_limit
+        length = max_length
+        if length is None:
+            length = min(config.block_size, limit) if rolling else limit
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= limit:
             raise ValueError(
                 f"GPT.new_cache: max_length must be None or an int in [1, {limit}] "
@@ -300,13 +331,14 @@ class GPT(nn.Module):
             )
         weight = self.tok_emb.weight
         return KVCache(
-            n_layer=self.config.n_layer,
+            n_layer=config.n_layer,
             batch_size=batch_size,
-            n_kv_head=self.config.kv_heads,
-            head_dim=self.config.head_dim,
+            n_kv_head=config.kv_heads,
+            head_dim=config.head_dim,
             max_length=length,
             dtype=weight.dtype,
             device=weight.device,
+            rolling=rolling,
         )
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:

@@ -19,7 +19,7 @@ from transformer_kit.sampling._filters import (
     filter_top_p,
     mask_allowed,
 )
-from transformer_kit.sampling._generate import generate
+from transformer_kit.sampling._generate import Slide, generate
 from transformer_kit.sampling._penalties import (
     apply_frequency_penalty,
     apply_presence_penalty,
@@ -28,6 +28,7 @@ from transformer_kit.sampling._penalties import (
 
 __all__ = [
     "LogitsFilter",
+    "Slide",
     "apply_frequency_penalty",
     "apply_presence_penalty",
     "apply_repetition_penalty",

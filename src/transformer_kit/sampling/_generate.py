@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,10 @@ from transformer_kit.sampling._step import (
     _Stepper,
 )
 
-__all__ = ["generate"]
+__all__ = ["Slide", "generate"]
+
+Slide = Literal["recompute", "rolling"]
+"""How `generate` moves the context past the window: exact recompute, or a rolling cache."""
 
 
 def generate(
@@ -64,6 +68,7 @@ def generate(
     use_cache: bool = True,
     attention_mask: Tensor | None = None,
     num_threads: int | None = None,
+    slide: Slide = "recompute",
 ) -> Tensor:
     """Extend each sequence in `ids` by up to `max_new_tokens` sampled tokens.
 
@@ -72,8 +77,8 @@ def generate(
     (such as `GPT`), the prompt is prefilled once and each step then feeds one new position;
     once the sequence outgrows `block_size`, each step prefills the last `block_size` tokens
     again (the window slides one token per step). Either way the model sees exactly the
-    context of the full recompute, so the tokens are the same. The logits then go through this
-    fixed order:
+    context of the full recompute, so the tokens are the same. `slide="rolling"` trades that
+    exactness for speed past the window (below). The logits then go through this fixed order:
 
     1. `allowed_next` mask (`mask_allowed` with the ids the callable returns for the row);
     2. repetition, presence, then frequency penalty, over the row's whole sequence so far
@@ -130,6 +135,18 @@ def generate(
             batch 1 is little work to share: on a 2-core CPU busy with other jobs, 2 threads
             took 16x longer than 1; idle, they were up to 1.3x faster (docs/benchmarks.md).
             1 is the safe choice for batch-1 decoding on a shared machine.
+        slide: how the context moves once the sequence outgrows the window. "recompute" (the
+            default): as above, exactly the cropped recompute, at the cost of a prefill of
+            the whole window per step. "rolling": the model's cache is made with
+            `new_cache(B, block_size, rolling=True)` and drops its oldest position as each new
+            one comes, so every step feeds one position. Each token then attends to the last
+            `block_size` tokens (None: the model's own `config.block_size`, the length it was
+            trained on), whose keys were computed over their own windows: sliding-window
+            attention, not the cropped recompute. Positions keep counting, so it needs a
+            model with relative positions (rope, alibi) whose `config.context_limit`
+            (max_position) covers the whole sequence. Use it to decode a rope or alibi model
+            far past its training length: attending to more positions than it was trained on
+            can cost it dearly (docs/sampling.md).
 
     Returns:
         A new tensor `(B, T + n)` with `n <= max_new_tokens`, whose first `T` columns are `ids`.
@@ -157,9 +174,11 @@ def generate(
         frequency_penalty=frequency_penalty,
         num_threads=num_threads,
     )
+    window = block_size  # a rolling cache's own window: None leaves it to the model
     block_size = _resolve_block_size(model, block_size, "generate")
     stops = _stop_table(stop_ids, stop_sequences, ids)
     mask = _check_attention_mask(attention_mask, ids, "generate")
+    _check_slide(slide, model, use_cache, mask, ids.size(1) + max_new_tokens)
 
     B, T = ids.shape
     # Written in place, so it stays an ordinary tensor although the loop runs in inference mode.
@@ -167,14 +186,16 @@ def generate(
     out[:, :T] = ids
     n = 0  # tokens generated so far
     with _inference(model), _threads(num_threads):
+        rolling = slide == "rolling"
         next_logits = _Stepper(
             model,
-            block_size,
+            window if rolling else block_size,
             "generate",
             use_cache=use_cache,
             batch_size=B,
             max_length=T + max_new_tokens,
             attention_mask=mask,
+            rolling=rolling,
         )
         # Rows finish only on a stop sequence: without any, skip the bookkeeping.
         finished = torch.zeros(B, dtype=torch.bool, device=ids.device) if stops else None
@@ -254,6 +275,32 @@ def _threads(num_threads: int | None) -> Iterator[None]:
     finally:
         if num_threads is not None:
             torch.set_num_threads(before)
+
+
+def _check_slide(
+    slide: object, model: nn.Module, use_cache: bool, mask: Tensor | None, length: int
+) -> None:
+    """Raise a ValueError if `slide` is unknown, or "rolling" cannot run for this call."""
+    if slide not in get_args(Slide):
+        raise ValueError(f"generate: slide must be one of {get_args(Slide)}, got {slide!r}")
+    if slide == "recompute":
+        return
+    if not use_cache or not callable(getattr(model, "new_cache", None)):
+        raise ValueError(
+            "generate: slide='rolling' needs use_cache=True and a model with new_cache, got "
+            f"use_cache={use_cache} and a {type(model).__name__}"
+        )
+    if mask is not None:
+        raise ValueError(
+            "generate: slide='rolling' cannot be combined with attention_mask (a shifted cache "
+            "would drop the padded columns the positions are counted from)"
+        )
+    limit = getattr(getattr(model, "config", None), "context_limit", None)
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"generate: slide='rolling' keeps counting positions, so prompt + max_new_tokens "
+            f"= {length} must be <= the model's config.context_limit {limit} (max_position)"
+        )
 
 
 def _check_arguments(

@@ -114,12 +114,14 @@ def _next_logits(
 class _Stepper:
     """Next-token logits of a growing sequence, with a KV cache where the model offers one.
 
-    With a cache, the cache holds the columns `begin .. begin + cache.length - 1` of the
+    With a cache, the cache has been fed the columns `begin .. begin + cache.fed - 1` of the
     sequence. A call whose sequence is one column longer feeds that column alone; otherwise
     (the first call, or a full window) the cache is emptied and the last `window` columns are
     prefilled. Past the window every step is such a prefill, exactly the cropped recompute of
     `_next_logits`: a cache built from a longer history would hold other keys in every layer
-    past the first, so sliding one would change the results.
+    past the first, so sliding one would change the results. A `rolling` cache slides anyway
+    (`new_cache(..., rolling=True)` drops its oldest position as each new one comes): one
+    position per step, sliding-window attention rather than the cropped recompute.
 
     Args:
         model: the ids -> logits module; a cache is used when it has `new_cache` and
@@ -130,6 +132,8 @@ class _Stepper:
         batch_size: rows B of every call.
         max_length: the longest sequence a call will pass (prompt + new tokens).
         attention_mask: bool (B, T0) over the prompt; generated columns count as real.
+        rolling: make the cache with `new_cache(batch_size, block_size, rolling=True)`
+            (`block_size` None: the model's own window).
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class _Stepper:
         batch_size: int,
         max_length: int,
         attention_mask: Tensor | None = None,
+        rolling: bool = False,
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -150,7 +155,10 @@ class _Stepper:
         self.cache: Any = None
         self.begin = 0
         new_cache = getattr(model, "new_cache", None)
-        if use_cache and callable(new_cache):
+        if use_cache and callable(new_cache) and rolling:
+            window = None if block_size is None else min(block_size, max_length)
+            self.cache = new_cache(batch_size, window, rolling=True)
+        elif use_cache and callable(new_cache):
             window = max_length if block_size is None else min(block_size, max_length)
             self.cache = new_cache(batch_size, window)
 
@@ -166,8 +174,10 @@ class _Stepper:
         cache = self.cache
         if cache is None:
             return _next_logits(self.model, ids, self.block_size, self.where, mask)
-        follows = cache.length > 0 and self.begin + cache.length == L - 1
-        if follows and cache.length < cache.max_length:
+        # A cache of the user's own may lack `fed` and `rolling`: then it never shifts.
+        fed, rolling = getattr(cache, "fed", cache.length), getattr(cache, "rolling", False)
+        follows = cache.length > 0 and self.begin + fed == L - 1
+        if follows and (rolling or cache.length < cache.max_length):
             new = ids[:, -1:]  # (B, 1): one position per step
         else:
             cache.reset()

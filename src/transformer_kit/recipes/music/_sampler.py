@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from transformer_kit.sampling import generate
+from transformer_kit.sampling import Slide, generate
 from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
 from transformer_kit.tokenization.events import Piece
 
@@ -35,6 +35,10 @@ class PieceSampler:
         min_notes: with `VoiceLeading`, no `<END>` before this many notes.
         temperature, top_k: as in `generate`.
         eval_samples, eval_tokens, seed: what a call with no argument samples.
+        slide: as in `generate`. "recompute" (the default) lets a RoPE model attend to the
+            whole sample, past the block_size it was trained on; "rolling" keeps each model to
+            its own window, which predicts better but ends fewer pieces (docs/results.md,
+            "Past the training window").
 
     Raises:
         ValueError: if `voices` is not one of `Voices` or a count is not a positive int.
@@ -52,6 +56,7 @@ class PieceSampler:
         eval_samples: int = 4,
         eval_tokens: int = 600,
         seed: int = 0,
+        slide: Slide = "recompute",
     ) -> None:
         if voices not in ("fill", "mono", "grammar"):
             raise ValueError(
@@ -63,6 +68,7 @@ class PieceSampler:
         self.model, self.tokenizer = model, tokenizer
         self.voices, self.temperature, self.top_k = voices, temperature, top_k
         self.eval_samples, self.eval_tokens, self.seed = eval_samples, eval_tokens, seed
+        self.slide = slide
         self.min_notes = 0 if voices == "grammar" else min_notes
         self.rule = (
             tokenizer.allowed_next
@@ -85,6 +91,7 @@ class PieceSampler:
             stop_ids=[tok.end_id] if stop else (),
             pad_id=tok.pad_id,
             generator=torch.Generator().manual_seed(seed),
+            slide=self.slide,
         )
 
     def pieces(self, n: int, tokens: int, *, seed: int) -> list[Piece]:
