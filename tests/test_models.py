@@ -15,7 +15,6 @@ import math
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -63,14 +62,7 @@ VARIANTS = list(itertools.product(POSITIONS, NORMS, MLPS))
 ATTENTION = [(None, False), (2, True), (1, False)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These tiny models spend their time handing work between OpenMP threads: one thread was
-    # 2-5x faster per forward on the shared 2-core machine (measured when writing these tests).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _config(**overrides: object) -> GPTConfig:

@@ -46,13 +46,7 @@ class TinyLM(nn.Module):
         return self.head(self.fc2(self.norm(torch.relu(self.fc1(self.emb(ids))))))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The steps here are tiny; on a shared 2-core machine two intra-op threads only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _names(model: nn.Module, params: list[nn.Parameter]) -> set[str]:

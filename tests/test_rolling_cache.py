@@ -20,13 +20,7 @@ from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
 VOCAB = 13
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models spend their time handing work between OpenMP threads (see test_models.py).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gpt(position: str, *, n_layer: int, block: int, seed: int = 0, std: float = 0.5) -> GPT:

@@ -1018,15 +1018,6 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
 _BLOCK = 8
 
 
-@pytest.fixture
-def _one_thread():
-    # Tiny models spend their time handing work between OpenMP threads (see test_models.py).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _gpt(position, seed=0, std=0.5, **overrides):
     """A tiny scrambled GPT; rope and alibi get max_position 12, past their block_size of 8."""
     limits = {"max_position": 12} if position in ("rope", "alibi") else {}
@@ -1048,7 +1039,7 @@ def _widths(model):
     return widths
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("mode", [{"temperature": 0.0}, {"temperature": 1.0, "top_k": 5}])
 @pytest.mark.parametrize("position", POSITIONS)
 def test_cached_generate_equals_full_recompute_past_the_window(position, mode):
@@ -1062,7 +1053,7 @@ def test_cached_generate_equals_full_recompute_past_the_window(position, mode):
     assert torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("position", POSITIONS)
 def test_cache_feeds_one_position_per_step_until_the_window_then_slides(position):
     model = _gpt(position)
@@ -1088,7 +1079,7 @@ def test_cache_is_skipped_for_models_without_new_cache():
         assert torch.equal(cached, generate(model, ids, 5, use_cache=False, **kwargs))
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("stop_ids", [(), (4,)])
 @pytest.mark.parametrize("position", POSITIONS)
 def test_cached_beam_search_equals_full_recompute(position, stop_ids):
@@ -1100,7 +1091,7 @@ def test_cached_beam_search_equals_full_recompute(position, stop_ids):
     assert_close(cached[1], full[1], rtol=0, atol=1e-5)
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("position", POSITIONS)
 def test_stepper_rows_follow_their_reorder_like_beams(position):
     model = _gpt(position, seed=8, std=0.3).eval()
@@ -1126,7 +1117,7 @@ def _left_pad(rows, pad):
     return ids, mask
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("position", POSITIONS)
 def test_left_padded_rows_generate_what_each_row_generates_alone(position, use_cache):
@@ -1142,7 +1133,7 @@ def test_left_padded_rows_generate_what_each_row_generates_alone(position, use_c
     assert len({tuple(row[T:]) for row in out.tolist()}) > 1  # the rows do differ
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("position", POSITIONS)
 def test_left_padded_sampling_is_the_same_cached_or_not(position):
     model = _gpt(position, seed=6)
@@ -1161,7 +1152,7 @@ def test_left_padded_sampling_is_the_same_cached_or_not(position):
     assert torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     ("mask", "match"),
     [
@@ -1192,7 +1183,7 @@ def test_docs_example_runs(capsys):
     assert capsys.readouterr().out
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("position", ["learned", "rope"])
 def test_dropping_finished_rows_leaves_every_token_unchanged(
