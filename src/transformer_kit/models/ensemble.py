@@ -261,8 +261,8 @@ class Ensemble(nn.Module):
                     f"Ensemble.new_cache: model {i} ({type(model).__name__}) has no new_cache; "
                     "pass use_cache=False to generate"
                 )
-            if rolling:
-                caches.append(new_cache(batch_size, max_length, rolling=True))
-            else:
-                caches.append(new_cache(batch_size, max_length))
+            # Only asked for when wanted: a member's own new_cache need not know `rolling`.
+            caches.append(
+                new_cache(batch_size, max_length, **({"rolling": True} if rolling else {}))
+            )
         return EnsembleCache(caches)

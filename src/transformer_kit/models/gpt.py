@@ -266,7 +266,7 @@ class GPT(nn.Module):
                 f"{cache.batch_size}, but the model has n_layer {config.n_layer} and ids have "
                 f"batch size {B}; make it with model.new_cache({B})"
             )
-        end = cache.offset + start + T  # the position after the new tokens
+        end = cache.fed + T  # the position after the new tokens
         if end > limit:
             hint = (
                 "; rope and alibi can run further if max_position is set"

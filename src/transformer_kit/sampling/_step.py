@@ -154,13 +154,15 @@ class _Stepper:
         self.mask = attention_mask
         self.cache: Any = None
         self.begin = 0
+        self.rolling = rolling
         new_cache = getattr(model, "new_cache", None)
-        if use_cache and callable(new_cache) and rolling:
-            window = None if block_size is None else min(block_size, max_length)
-            self.cache = new_cache(batch_size, window, rolling=True)
-        elif use_cache and callable(new_cache):
-            window = max_length if block_size is None else min(block_size, max_length)
-            self.cache = new_cache(batch_size, window)
+        if use_cache and callable(new_cache):
+            if rolling:  # None leaves the window to the model: its trained block_size
+                window = None if block_size is None else min(block_size, max_length)
+                self.cache = new_cache(batch_size, window, rolling=True)
+            else:
+                window = max_length if block_size is None else min(block_size, max_length)
+                self.cache = new_cache(batch_size, window)
 
     def __call__(self, ids: Tensor) -> Tensor:
         """Logits `(B, V)` for the token after `ids` `(B, L)`, in at least float32."""
@@ -174,10 +176,10 @@ class _Stepper:
         cache = self.cache
         if cache is None:
             return _next_logits(self.model, ids, self.block_size, self.where, mask)
-        # A cache of the user's own may lack `fed` and `rolling`: then it never shifts.
-        fed, rolling = getattr(cache, "fed", cache.length), getattr(cache, "rolling", False)
+        # Only a rolling cache shifts, so only its positions fed can differ from its length.
+        fed = cache.fed if self.rolling else cache.length
         follows = cache.length > 0 and self.begin + fed == L - 1
-        if follows and (rolling or cache.length < cache.max_length):
+        if follows and (self.rolling or cache.length < cache.max_length):
             new = ids[:, -1:]  # (B, 1): one position per step
         else:
             cache.reset()
