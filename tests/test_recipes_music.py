@@ -202,6 +202,7 @@ def test_piece_sampler_is_seeded_and_every_sample_decodes():
         ({"voices": "solo"}, "voices must be 'fill', 'mono' or 'grammar', got 'solo'"),
         ({"eval_samples": 0}, "eval_samples must be an int >= 1, got 0"),
         ({"eval_tokens": 2.5}, "eval_tokens must be an int >= 1, got 2.5"),
+        ({"slide": "window"}, r"slide must be one of \('recompute', 'rolling'\), got 'window'"),
     ],
 )
 def test_piece_sampler_names_a_bad_argument(kwargs, match):

@@ -91,6 +91,37 @@ def test_rolling_decoding_is_sliding_window_attention(position, window, prefill,
     assert_close(rolling, reference, rtol=0, atol=1e-4)
 
 
+@settings(max_examples=12, deadline=None)
+@given(
+    position=st.sampled_from(["rope", "alibi"]),
+    window=st.integers(2, 7),
+    chunks=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+)
+def test_any_split_into_calls_gives_the_same_sliding_window(position, window, chunks):
+    # Chunks may overflow the window (a prompt longer than it, a second prompt into a full
+    # cache): each token must still see its own last `window` positions, so the logits of any
+    # split equal the banded full forward, and so do the loss and the cache's end state.
+    model = _gpt(position, n_layer=2, block=window)
+    ids = _ids(2, sum(chunks) + 1)
+    inputs, targets = ids[:, :-1], ids[:, 1:].clamp(min=1)  # no pad_id 0: every target counts
+    cache = model.new_cache(2, window, rolling=True)
+    logits, losses, begin = [], [], 0
+    with torch.no_grad():
+        for size in chunks:
+            out = model(inputs[:, begin : begin + size], targets[:, begin : begin + size],
+                        cache=cache)  # fmt: skip
+            logits.append(out.logits)
+            losses.append(out.loss * size)
+            begin += size
+    assert (cache.fed, cache.length) == (begin, min(window, begin))
+    assert cache.ids[:, : cache.length].tolist() == inputs[:, begin - cache.length :].tolist()
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+        patch.setattr(attention_module.F, "scaled_dot_product_attention", _banded(window))
+        reference = model(inputs, targets)
+    assert_close(torch.cat(logits, dim=1), reference.logits, rtol=0, atol=1e-4)
+    assert_close(sum(losses) / begin, reference.loss, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("position", ["rope", "alibi"])
 def test_with_one_layer_rolling_equals_the_cropped_recompute(position):
     # One layer's keys depend on their token and position alone, and relative positions do
@@ -109,22 +140,51 @@ def test_with_one_layer_rolling_equals_the_cropped_recompute(position):
 
 def test_a_music_model_rolls_past_its_window_under_voice_leading():
     # The Bach recipe's model (RoPE, bar positions and voice states read from the cache's
-    # history, which now holds the window only) decodes 3x its block size one position per
-    # step, and every row stays a well-formed stream.
+    # history) decodes 3x its block size one position per step. Its features see exactly the
+    # last 24 tokens at every step, as a training window would, and every row stays a
+    # well-formed stream.
     tok = MusicTokenizer()
     torch.manual_seed(0)
     model = music_gpt(
         tok, n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=24, voice_features=True
     ).eval()
     widths: list[int] = []
+    histories: list[Tensor] = []
     model.register_forward_pre_hook(lambda module, args: widths.append(args[0].size(1)))
+    model.position_features.register_forward_pre_hook(
+        lambda module, args: histories.append(args[0].clone())
+    )
     out = generate(
         model, torch.full((3, 1), tok.start_id), 72, slide="rolling",
         allowed_next=VoiceLeading(tok), generator=torch.Generator().manual_seed(4),
     )  # fmt: skip
     assert out.shape == (3, 73) and widths == [1] * 72
+    assert len(histories) == 72
+    for fed, history in enumerate(histories, start=1):
+        assert history.tolist() == out[:, max(0, fed - 24) : fed].tolist()
     for row in out.tolist():
         assert tok.decode(row)  # notes, and no grammar error
+
+
+def test_rolling_rows_that_stop_early_leave_the_others_unchanged():
+    # generate drops finished rows from the batch and its cache; a rolling cache must keep
+    # each remaining row's window and positions, so every row is what it is when run alone.
+    model = _gpt("rope", n_layer=2, block=6)
+    prompt = _ids(4, 3, seed=11)
+    free = generate(model, prompt, 30, temperature=0.0, slide="rolling")[:, 3:]
+    # A stop token that ends the rows at different steps, some after the window has rolled.
+    ends = {}
+    for stop in range(VOCAB):
+        steps = [row.index(stop) if stop in row else 30 for row in free.tolist()]
+        ends[stop] = sorted(steps)
+    stop = max(ends, key=lambda k: (len(set(ends[k])), ends[k][-2]))
+    assert len(set(ends[stop])) >= 3 and ends[stop][-2] > 3 and ends[stop][-1] > 6  # rolled
+    out = generate(model, prompt, 30, temperature=0.0, slide="rolling", stop_ids=[stop])
+    for r in range(4):
+        alone = generate(model, prompt[r : r + 1], 30, temperature=0.0, slide="rolling",
+                         stop_ids=[stop])[0]  # fmt: skip
+        assert out[r, : alone.numel()].tolist() == alone.tolist()
+        assert out[r, alone.numel() :].eq(0).all()  # pad_id after the stop
 
 
 def test_generate_rolling_defaults_to_the_training_window_and_feeds_one_position_per_step():
@@ -140,15 +200,17 @@ def test_generate_rolling_defaults_to_the_training_window_and_feeds_one_position
     assert out[0, 3:].tolist() == [int(token) for token in reference]
 
 
-def test_ensemble_members_roll_each_at_its_own_window():
-    # Members trained on 5 and 9 tokens: each keeps its own window, and the ensemble's greedy
-    # tokens are those of a loop that combines the members' banded forwards by hand.
+@pytest.mark.parametrize("prompt", [4, 8, 12])
+def test_ensemble_members_roll_each_at_its_own_window(prompt):
+    # Members trained on 5 and 9 tokens: each keeps its own window, over the prompt too (8 and
+    # 12 outgrow the smaller or both), and the ensemble's greedy tokens are those of a loop
+    # that combines the members' banded forwards by hand.
     small, large = _gpt("rope", n_layer=2, block=5, seed=1), _gpt("rope", n_layer=2, block=9)
     ensemble = Ensemble([small, large])
     cache = ensemble.new_cache(2, rolling=True)
     assert [c.max_length for c in cache.caches] == [5, 9] and cache.rolling
-    out = generate(ensemble, _ids(2, 4), 20, temperature=0.0, slide="rolling")
-    for t in range(4, 24):
+    out = generate(ensemble, _ids(2, prompt), 20, temperature=0.0, slide="rolling")
+    for t in range(prompt, prompt + 20):
         with torch.no_grad():
             parts = []
             for member, window in ((small, 5), (large, 9)):
@@ -215,3 +277,23 @@ def test_rolling_errors_name_the_parameter():
         with pytest.raises(ValueError, match=r"attention_mask cannot be used with a shifted"):
             model(_ids(1, 1), cache=cache, attention_mask=torch.ones(1, 9, dtype=torch.bool))
     assert (cache.length, cache.offset) == (8, 0)
+
+
+def test_ensemble_crop_keeps_fed_equal_and_a_mask_is_refused_before_any_member_runs():
+    small, large = _gpt("rope", n_layer=1, block=4, seed=1), _gpt("rope", n_layer=1, block=8)
+    ensemble = Ensemble([small, large])
+    cache = ensemble.new_cache(1, rolling=True)
+    with torch.no_grad():
+        ensemble(_ids(1, 10), cache=cache)
+    assert [(c.length, c.offset) for c in cache.caches] == [(4, 6), (8, 2)]
+    cache.crop(2)  # the newest 2 positions go from both, wherever each window starts
+    assert [(c.length, c.fed) for c in cache.caches] == [(2, 8), (6, 8)] and cache.fed == 8
+    for bad in (3, -1, 1.5):
+        with pytest.raises(
+            ValueError, match=r"EnsembleCache.crop: length must be an int in \[0, 2\]"
+        ):
+            cache.crop(bad)
+    # The large member has not shifted, the small one has: refused before either runs.
+    with pytest.raises(ValueError, match=r"attention_mask cannot be used with a shifted cache"):
+        ensemble(_ids(1, 1), cache=cache, attention_mask=torch.ones(1, 9, dtype=torch.bool))
+    assert [(c.length, c.fed) for c in cache.caches] == [(2, 8), (6, 8)]

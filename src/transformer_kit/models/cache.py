@@ -125,7 +125,9 @@ class KVCache:
         self.length += n
 
     def crop(self, length: int) -> None:
-        """Forget every position from `length` on (e.g. to re-decode a rejected suffix).
+        """Keep the first `length` slots and forget the rest (e.g. a rejected suffix).
+
+        Slot i holds position `offset + i`, so afterwards `fed` is `offset + length`.
 
         Raises:
             ValueError: if `length` is not in [0, current length].

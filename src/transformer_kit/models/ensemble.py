@@ -46,7 +46,7 @@ class EnsembleCache:
     `generate` and `beam_search` use: `length`, `fed`, `max_length`, `batch_size`,
     `rolling`, `reset()`, `crop(n)` and `reorder(index)`. Rolling member caches may hold
     different windows (each its own model's block_size), so their lengths can differ; `fed`,
-    the positions fed since the last reset, is the same in every member.
+    the positions fed since the last reset, is the same in every member, and `crop` keeps it so.
     """
 
     def __init__(self, caches: Sequence[KVCache]) -> None:
@@ -85,9 +85,25 @@ class EnsembleCache:
             cache.reset()
 
     def crop(self, length: int) -> None:
-        """Keep the first `length` positions of every member's cache."""
+        """Forget the newest `self.length - length` positions in every member's cache.
+
+        Every member drops as many positions, so `fed` stays the same in each; without
+        rolling caches (equal lengths) this keeps the first `length` positions of each.
+
+        Raises:
+            ValueError: if `length` is not an int in [0, length].
+        """
+        if (
+            isinstance(length, bool)
+            or not isinstance(length, int)
+            or not 0 <= length <= self.length
+        ):
+            raise ValueError(
+                f"EnsembleCache.crop: length must be an int in [0, {self.length}], got {length!r}"
+            )
+        drop = self.length - length
         for cache in self.caches:
-            cache.crop(length)
+            cache.crop(cache.length - drop)
 
     def reorder(self, index: Tensor) -> None:
         """Row i continues row `index[i]`, in every member's cache (beam search)."""
@@ -200,15 +216,25 @@ class Ensemble(nn.Module):
                     f"Ensemble.forward: cache has {len(cache.caches)} member caches but the "
                     f"ensemble has {len(self.models)} models; make it with ensemble.new_cache(B)"
                 )
-            # A rolling member makes room for the new tokens itself (the window must hold them).
-            end = ids.size(1) if cache.rolling else cache.length + ids.size(1)
+            T = ids.size(1)
+            # Rolling members make room for the new tokens themselves.
+            overflow = not cache.rolling and cache.length + T > cache.max_length
             limit = self.config.context_limit
-            past_limit = limit is not None and cache.fed + ids.size(1) > limit
-            if end > cache.max_length or ids.size(0) != cache.batch_size or past_limit:
+            past_limit = limit is not None and cache.fed + T > limit
+            if overflow or ids.size(0) != cache.batch_size or past_limit:
                 raise ValueError(
-                    f"Ensemble.forward: {ids.size(0)} rows of {ids.size(1)} new tokens do not fit "
-                    f"the cache ({cache.batch_size} rows, length {cache.length} of "
+                    f"Ensemble.forward: {ids.size(0)} rows of {T} new tokens do not fit the "
+                    f"cache ({cache.batch_size} rows, length {cache.length} of "
                     f"{cache.max_length}, {cache.fed} positions fed of context_limit {limit})"
+                )
+            shifts = [
+                c.rolling and (c.offset > 0 or c.length + T > c.max_length) for c in cache.caches
+            ]
+            if attention_mask is not None and any(shifts):
+                raise ValueError(
+                    "Ensemble.forward: attention_mask cannot be used with a shifted cache (member "
+                    f"caches that have shifted or must shift: {shifts}): its columns would no "
+                    "longer match the cache's slots"
                 )
         mixed: Tensor | None = None
         for i, (model, weight) in enumerate(zip(self.models, self.weights, strict=True)):

@@ -32,8 +32,9 @@ class BarPositionFeatures(nn.Module):
     the history (a training window that starts mid-bar, or a sliding generation window) the
     position is unknown and gets its own embedding row, so the model is never told a wrong one.
 
-    With a KV cache, `GPT` hands this module the whole history from the cache
-    (``uses_history``), so cached decoding gives exactly the features of a full recompute.
+    With a KV cache, `GPT` hands this module the history held in the cache (``uses_history``),
+    so cached decoding gives exactly the features of a full recompute of the same window (a
+    rolling cache holds only its window of recent tokens, as a training window does).
 
     Args:
         d_model: width of the features; the model's `d_model`.
@@ -114,8 +115,9 @@ class VoiceStateFeatures(nn.Module):
     first note (or a start token) in the history, its state is unknown and gets its own row.
     Each voice has its own table; the embeddings of all voices are summed.
 
-    With a KV cache, `GPT` hands this module the whole history (``uses_history``), so cached
-    decoding gives exactly the features of a full recompute.
+    With a KV cache, `GPT` hands this module the history held in the cache (``uses_history``),
+    so cached decoding gives exactly the features of a full recompute of the same window (a
+    rolling cache holds only its window of recent tokens, as a training window does).
 
     Args:
         d_model: width of the features; the model's `d_model`.

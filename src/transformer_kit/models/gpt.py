@@ -105,9 +105,10 @@ class GPT(nn.Module):
             whose feature depends on earlier tokens (the position within a bar depends on every
             time step since the last bar line) sets the class attribute `uses_history = True`:
             it then gets the whole history `ids` (B, S), the T new tokens last, which with a KV
-            cache are the `cache.ids` fed so far, and returns the features of the last T
-            tokens only. It becomes the submodule `position_features`: it is trained, saved in
-            the state dict and initialised like the model's own Linear / Embedding layers.
+            cache are the ids in its slots (`cache.ids`: a rolling cache holds its window
+            only), and returns the features of the last T tokens only. It becomes the
+            submodule `position_features`: it is trained, saved in the state dict and
+            initialised like the model's own Linear / Embedding layers.
 
     Example:
         >>> model = GPT(GPTConfig(vocab_size=10, n_layer=1, d_model=16, n_head=2, block_size=8))
@@ -163,7 +164,10 @@ class GPT(nn.Module):
                 is `config.pad_id` are left out of the loss.
             cache: keys and values of the earlier slots, from `new_cache`. The new tokens
                 attend to them and to each other causally; their keys and values are written
-                into the cache, whose `length` then grows by T.
+                into the cache, whose `length` then grows by T. A rolling cache first drops
+                its oldest slots to make room; when the T tokens overflow it, they are fed one
+                call per token past the free slots, so each sees its own last `max_length`
+                positions (sliding-window attention, whatever the split into calls).
             attention_mask: which slots hold real tokens, (B, S) bool or 0/1, covering every
                 slot seen so far: S = `cache.length + T` with a cache, T without (the caller
                 keeps the whole mask and passes it again each call). Padded slots (False) are
@@ -180,7 +184,8 @@ class GPT(nn.Module):
             ValueError: if `ids` is not 2-D, `targets` or `attention_mask` has another shape,
                 the cache does not fit the model or batch, or the last slot would pass
                 `config.context_limit` (block_size, or max_position for rope / alibi) or the
-                cache's `max_length`.
+                `max_length` of a cache that is not rolling, or `attention_mask` is given with
+                a rolling cache that has shifted or must shift.
         """
         if ids.ndim != 2:
             raise ValueError(f"GPT.forward: ids must be 2-D (B, T), got shape {tuple(ids.shape)}")
@@ -201,6 +206,10 @@ class GPT(nn.Module):
                 f"(offset {offset}, {max(overflow, 0)} more to drop): its columns would no "
                 "longer match the cache's slots"
             )
+        if cache is not None and overflow > 0 and T > 1:
+            # Each new token must see its own last max_length positions, which one shift for
+            # all T cannot give: fill the free slots at once, then feed one token per call.
+            return self._feed_rolling(ids, targets, cache)
         if cache is not None and overflow > 0:
             cache.shift(overflow)
             start, offset = cache.length, cache.offset
@@ -240,17 +249,25 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T)
         logits = self.head(self.norm_f(x))  # (B, T, V)
+        return Output(logits, None if targets is None else self._loss(logits, targets))
 
-        if targets is None:
-            return Output(logits, None)
+    def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy of logits (B, T, V) against targets (B, T), pad_id left out."""
         # -100 is F.cross_entropy's default ignore_index; no valid target id equals it.
         ignore_index = -100 if self.config.pad_id is None else self.config.pad_id
-        loss = F.cross_entropy(
-            logits.view(B * T, -1),  # (B*T, V)
-            targets.reshape(B * T),  # (B*T,)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),  # (B*T, V)
+            targets.reshape(-1),  # (B*T,)
             ignore_index=ignore_index,
         )
-        return Output(logits, loss)
+
+    def _feed_rolling(self, ids: Tensor, targets: Tensor | None, cache: KVCache) -> Output:
+        """Feed (B, T) ids to a rolling cache they overflow: what fits at once, then 1 by 1."""
+        free = cache.max_length - cache.length
+        pieces = [ids[:, :free]] if free > 0 else []
+        pieces += list(ids[:, free:].split(1, dim=1))  # (B, 1) each
+        logits = torch.cat([self(piece, cache=cache).logits for piece in pieces], dim=1)
+        return Output(logits, None if targets is None else self._loss(logits, targets))
 
     def _check_length(self, start: int, T: int, cache: KVCache | None, B: int) -> None:
         config = self.config
@@ -278,11 +295,10 @@ class GPT(nn.Module):
                 f"GPT.forward: position {cache.fed} + {T} new tokens = {end} exceeds "
                 f"{limit_name} {limit}{hint}"
             )
-        slots = T if cache.rolling else start + T  # a rolling cache makes room for T tokens
-        if slots > cache.max_length:
+        if not cache.rolling and start + T > cache.max_length:  # a rolling one makes room
             raise ValueError(
-                f"GPT.forward: cache length {0 if cache.rolling else start} + {T} new tokens = "
-                f"{slots} exceeds the cache's max_length {cache.max_length}"
+                f"GPT.forward: cache length {start} + {T} new tokens = {start + T} exceeds the "
+                f"cache's max_length {cache.max_length}"
             )
 
     def new_cache(

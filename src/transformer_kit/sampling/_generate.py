@@ -142,9 +142,11 @@ def generate(
             one comes, so every step feeds one position. Each token then attends to the last
             `block_size` tokens (None: the model's own `config.block_size`, the length it was
             trained on), whose keys were computed over their own windows: sliding-window
-            attention, not the cropped recompute. Positions keep counting, so it needs a
-            model with relative positions (rope, alibi) whose `config.context_limit`
-            (max_position) covers the whole sequence. Use it to decode a rope or alibi model
+            attention, not the cropped recompute. A prompt longer than the window is fed
+            whole (one token per call past the window), so its positions do too. Positions
+            keep counting from the prompt's first token, so it needs a model with relative
+            positions (rope, alibi) whose `config.context_limit` (max_position) covers the
+            whole sequence. Use it to decode a rope or alibi model
             far past its training length: attending to more positions than it was trained on
             can cost it dearly (docs/sampling.md).
 

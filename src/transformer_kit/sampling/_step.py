@@ -121,7 +121,10 @@ class _Stepper:
     `_next_logits`: a cache built from a longer history would hold other keys in every layer
     past the first, so sliding one would change the results. A `rolling` cache slides anyway
     (`new_cache(..., rolling=True)` drops its oldest position as each new one comes): one
-    position per step, sliding-window attention rather than the cropped recompute.
+    position per step, sliding-window attention rather than the cropped recompute. Its prefill
+    is the whole sequence (the model feeds what overflows the window one token at a time), so
+    every position, prompt included, attends to its own window, in each member of an ensemble
+    at that member's window.
 
     Args:
         model: the ids -> logits module; a cache is used when it has `new_cache` and
@@ -183,8 +186,8 @@ class _Stepper:
             new = ids[:, -1:]  # (B, 1): one position per step
         else:
             cache.reset()
-            self.begin = max(0, L - cache.max_length)
-            new = ids[:, self.begin :]  # (B, <= W): prefill the window
+            self.begin = 0 if self.rolling else max(0, L - cache.max_length)
+            new = ids[:, self.begin :]  # (B, <= W), or all L columns for a rolling cache
         if mask is None:
             return _last_logits(self.model(new, cache=cache), self.where)
         output = self.model(new, cache=cache, attention_mask=mask[:, self.begin :])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,8 @@ class PieceSampler:
             "Past the training window").
 
     Raises:
-        ValueError: if `voices` is not one of `Voices` or a count is not a positive int.
+        ValueError: if `voices` is not one of `Voices`, `slide` not one of `Slide`, or a count
+            is not a positive int.
     """
 
     def __init__(
@@ -65,6 +66,8 @@ class PieceSampler:
         for name, count in (("eval_samples", eval_samples), ("eval_tokens", eval_tokens)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"PieceSampler: {name} must be an int >= 1, got {count!r}")
+        if slide not in get_args(Slide):
+            raise ValueError(f"PieceSampler: slide must be one of {get_args(Slide)}, got {slide!r}")
         self.model, self.tokenizer = model, tokenizer
         self.voices, self.temperature, self.top_k = voices, temperature, top_k
         self.eval_samples, self.eval_tokens, self.seed = eval_samples, eval_tokens, seed
