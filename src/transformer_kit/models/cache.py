@@ -132,14 +132,7 @@ class KVCache:
         Raises:
             ValueError: if `length` is not in [0, current length].
         """
-        if (
-            isinstance(length, bool)
-            or not isinstance(length, int)
-            or not 0 <= length <= self.length
-        ):
-            raise ValueError(
-                f"KVCache.crop: length must be an int in [0, {self.length}], got {length!r}"
-            )
+        check_count("KVCache.crop", "length", length, self.length)
         self.length = length
 
     def shift(self, n: int) -> None:
@@ -148,8 +141,7 @@ class KVCache:
         Raises:
             ValueError: if `n` is not an int in [0, length].
         """
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.length:
-            raise ValueError(f"KVCache.shift: n must be an int in [0, {self.length}], got {n!r}")
+        check_count("KVCache.shift", "n", n, self.length)
         if n == 0:
             return
         kept = self.length - n
@@ -174,3 +166,9 @@ class KVCache:
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
         self.ids = self.ids.index_select(0, index)
+
+
+def check_count(where: str, name: str, value: object, most: int) -> None:
+    """Raise a ValueError naming `where` and `name` unless `value` is an int in [0, most]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise ValueError(f"{where}: {name} must be an int in [0, {most}], got {value!r}")

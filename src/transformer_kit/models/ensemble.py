@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_kit.models.cache import KVCache
+from transformer_kit.models.cache import KVCache, check_count
 from transformer_kit.models.config import GPTConfig  # noqa: F401  (used by the doctest)
 from transformer_kit.models.gpt import GPT, Output  # noqa: F401  (GPT: the doctest)
 
@@ -93,14 +93,7 @@ class EnsembleCache:
         Raises:
             ValueError: if `length` is not an int in [0, length].
         """
-        if (
-            isinstance(length, bool)
-            or not isinstance(length, int)
-            or not 0 <= length <= self.length
-        ):
-            raise ValueError(
-                f"EnsembleCache.crop: length must be an int in [0, {self.length}], got {length!r}"
-            )
+        check_count("EnsembleCache.crop", "length", length, self.length)
         drop = self.length - length
         for cache in self.caches:
             cache.crop(cache.length - drop)
@@ -109,6 +102,17 @@ class EnsembleCache:
         """Row i continues row `index[i]`, in every member's cache (beam search)."""
         for cache in self.caches:
             cache.reorder(index)
+
+
+def _check_unshifted(cache: EnsembleCache, T: int) -> None:
+    """Refuse a padding mask when a rolling member has shifted, or must for T new tokens."""
+    shifts = [c.rolling and (c.offset > 0 or c.length + T > c.max_length) for c in cache.caches]
+    if any(shifts):
+        raise ValueError(
+            "Ensemble.forward: attention_mask cannot be used with a shifted cache (member "
+            f"caches that have shifted or must shift: {shifts}): its columns would no longer "
+            "match the cache's slots"
+        )
 
 
 class Ensemble(nn.Module):
@@ -227,15 +231,8 @@ class Ensemble(nn.Module):
                     f"cache ({cache.batch_size} rows, length {cache.length} of "
                     f"{cache.max_length}, {cache.fed} positions fed of context_limit {limit})"
                 )
-            shifts = [
-                c.rolling and (c.offset > 0 or c.length + T > c.max_length) for c in cache.caches
-            ]
-            if attention_mask is not None and any(shifts):
-                raise ValueError(
-                    "Ensemble.forward: attention_mask cannot be used with a shifted cache (member "
-                    f"caches that have shifted or must shift: {shifts}): its columns would no "
-                    "longer match the cache's slots"
-                )
+            if attention_mask is not None:  # only a padding mask cares whether a member shifted
+                _check_unshifted(cache, T)
         mixed: Tensor | None = None
         for i, (model, weight) in enumerate(zip(self.models, self.weights, strict=True)):
             kwargs: dict[str, object] = {}

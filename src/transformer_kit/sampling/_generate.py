@@ -146,9 +146,9 @@ def generate(
             whole (one token per call past the window), so its positions do too. Positions
             keep counting from the prompt's first token, so it needs a model with relative
             positions (rope, alibi) whose `config.context_limit` (max_position) covers the
-            whole sequence. Use it to decode a rope or alibi model
-            far past its training length: attending to more positions than it was trained on
-            can cost it dearly (docs/sampling.md).
+            whole sequence. Use it to decode a rope or alibi model far past its training
+            length: attending to more positions than it was trained on can cost it dearly
+            (docs/sampling.md).
 
     Returns:
         A new tensor `(B, T + n)` with `n <= max_new_tokens`, whose first `T` columns are `ids`.
