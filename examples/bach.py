@@ -28,8 +28,7 @@ from transformer_kit.recipes import music as recipe
 from transformer_kit.tokenization import MusicTokenizer
 from transformer_kit.trainer import Trainer, TrainerConfig
 
-PLOTTED = ["score", "out_of_key", "bigram_overlap", "combined"]  # music.png, beside loss.png
-MONITOR = "music_combined"  # what best.pt is chosen by: 0.3 x loss component + 0.7 x music
+PLOTTED = ["score", "out_of_key", "bigram_overlap", "combined"]  # music.png; best.pt: top combined
 NUMBERS = {  # flag: (type, default, help)
     "seed": (int, 1337, ""), "n_layer": (int, 4, ""), "n_head": (int, 8, ""),
     "d_model": (int, 256, ""), "block_size": (int, 512, ""), "batch_size": (int, 8, ""),
@@ -40,7 +39,7 @@ NUMBERS = {  # flag: (type, default, help)
     "eval_samples": (int, 4, "samples per evaluation"), "sample_tokens": (int, 1200, ""),
     "sample_sets": (int, 1, "score this many sets of --final-samples (other seeds)"),
     "temperature": (float, 1.0, ""), "top_k": (int, None, ""), "d_ff": (int, 1024, ""),
-    "min_notes": (int, None, "no <END> before; default: 5th percentile of the pieces"),
+    "min_notes": (int, None, "no <END> before; p5"), "max_notes": (int, None, "end after; p95"),
 }  # fmt: skip
 
 
@@ -87,8 +86,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     tok = recipe.fit_tokenizer(sum(pieces.values(), [])) if args.midi_dir else MusicTokenizer()
     streams = {name: recipe.encode_pieces(tok, split) for name, split in pieces.items()}
     print({name: f"{len(pieces[name])} pieces, {len(s):,} tokens" for name, s in streams.items()})
-    if args.min_notes is None:  # samples may end where the shortest 5% of real pieces end
-        args.min_notes = int(np.percentile([len(p) for p in pieces["train"]], 5))
+    lengths = [len(p) for p in pieces["train"]]  # default: end within the pieces' 5-95% range
+    args.min_notes = int(np.percentile(lengths, 5)) if args.min_notes is None else args.min_notes
+    args.max_notes = int(np.percentile(lengths, 95)) if args.max_notes is None else args.max_notes
     profile = music.MusicProfile.from_pieces(pieces["train"])
     evaluation = dict(
         streams=streams, holdout=pieces["val"] + pieces["test"], profile=profile,
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     model = recipe.music_gpt(tok, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
     sampler = recipe.PieceSampler(  # what MusicalEarlyStopping and the final samples draw
         model, tok, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
-        temperature=args.temperature, eval_samples=args.eval_samples,
-        eval_tokens=args.sample_tokens // 2, seed=args.seed,
+        max_notes=args.max_notes or None, temperature=args.temperature, seed=args.seed,
+        eval_samples=args.eval_samples, eval_tokens=args.sample_tokens // 2,
     )  # fmt: skip
     if args.evaluate is not None:  # sample a trained checkpoint again, into its own folder
         try:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         model, config, train, TokenDataset(streams["val"], args.block_size),
         loggers=[JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
                  ConsoleLogger(total_steps=max_steps, every=10)],
-        checkpoints=CheckpointManager(out / "checkpoints", monitor=MONITOR, mode="max"),
+        checkpoints=CheckpointManager(out / "checkpoints", monitor="music_combined", mode="max"),
         augment=recipe.pitch_stages(tok, rhythm=args.rhythm, seed=args.seed),
         early_stopping=music.MusicalEarlyStopping(sampler, profile, patience=args.patience),
     )  # fmt: skip

@@ -118,6 +118,7 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     assert sorted(p.suffix for p in (out / "samples").iterdir())[:2] == [".mid", ".mid"]
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 6 and results["decodable"] == 1.0
+    assert 1 <= results["min_notes"] <= results["max_notes"]  # the pieces' 5th and 95th pct
     assert 0.0 <= results["overall_score_samples"] <= 100.0
     evaluations = [r for r in read_metrics(out / "metrics.jsonl") if "music_score" in r]
     assert [r["step"] for r in evaluations] == [3, 6]
@@ -138,15 +139,17 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     evaluated = subprocess.run(
         [sys.executable, script, *args, "--evaluate", "last", "--temperature", "0.8",
-         "--top-k", "5", "--min-notes", "3", "--sample-sets", "2", "--d-model", "64"],
+         "--top-k", "5", "--min-notes", "3", "--max-notes", "9", "--sample-sets", "2",
+         "--d-model", "64"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
-    folder = out / "eval_last_t0.8_k5_fill3_n60"  # _n60: --sample-tokens is not the default
+    folder = out / "eval_last_t0.8_k5_fill3-9_n60"  # _n60: --sample-tokens is not the default
     again_results = json.loads((folder / "results.json").read_text())
     assert again_results["steps"] == 6 and again_results["temperature"] == 0.8
     assert again_results["top_k"] == 5
     assert again_results["voices"] == "fill" and again_results["min_notes"] == 3
+    assert again_results["max_notes"] == 9
     assert again_results["decodable"] == 1.0
     sets = again_results["percent_of_bach_sets"]
     assert len(sets) == 2 and sets[0] == again_results["percent_of_bach"]
@@ -161,11 +164,12 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     # so the same seeds draw the same samples as the run alone.
     twice = subprocess.run(
         [sys.executable, script, *args, "--evaluate", "last", "--temperature", "0.8",
-         "--top-k", "5", "--min-notes", "3", "--sample-sets", "2", "--ensemble", str(out)],
+         "--top-k", "5", "--min-notes", "3", "--max-notes", "9", "--sample-sets", "2",
+         "--ensemble", str(out)],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert twice.returncode == 0, twice.stderr
-    (pair_folder,) = out.glob("eval_last_t0.8_k5_fill3_n60_ens2-*")  # -<hash of the runs>
+    (pair_folder,) = out.glob("eval_last_t0.8_k5_fill3-9_n60_ens2-*")  # -<hash of the runs>
     paired = json.loads((pair_folder / "results.json").read_text())
     assert paired["ensemble"] == [str(out)] and paired["params"] == 2 * again_results["params"]
     assert paired["percent_of_bach_sets"] == pytest.approx(sets)
@@ -186,11 +190,12 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     budget = tmp_path / "budget"
     timed = subprocess.run(
         [sys.executable, script, "--midi-dir", str(tmp_path / "midi"), "--out-dir", str(budget),
-         *BACH_TINY, "--budget-minutes", "0.01"],
+         *BACH_TINY, "--budget-minutes", "0.01", "--max-notes", "0"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert timed.returncode == 0, timed.stderr
     assert json.loads((budget / "run.json").read_text())["max_steps"] >= 20  # steps_for_budget
+    assert json.loads((budget / "results.json").read_text())["max_notes"] is None  # 0: none
 
     missing = subprocess.run(
         [sys.executable, script, "--out-dir", str(tmp_path / "nothing"), "--evaluate", "best"],

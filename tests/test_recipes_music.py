@@ -191,9 +191,25 @@ def test_piece_sampler_is_seeded_and_every_sample_decodes():
     assert len(pieces) == 3 and all(pieces)  # three notes at least before any <END>
     ids, seconds = sampler.timed(20, seed=2)
     assert ids.shape == (1, 21) and seconds > 0
-    grammar = recipe.PieceSampler(model, tok, voices="grammar", min_notes=9)
-    assert (grammar.rule_name, grammar.min_notes) == ("grammar", 0)
+    grammar = recipe.PieceSampler(model, tok, voices="grammar", min_notes=9, max_notes=12)
+    assert (grammar.rule_name, grammar.min_notes, grammar.max_notes) == ("grammar", 0, None)
     assert grammar.rule == tok.allowed_next
+
+
+def test_piece_sampler_max_notes_ends_every_piece_near_it():
+    tok = MusicTokenizer()
+    torch.manual_seed(1)
+    model = recipe.music_gpt(tok, **TINY).eval()
+    filled = recipe.PieceSampler(model, tok, min_notes=3, max_notes=4)
+    assert filled.rule_name == "fill3-4" and filled.rule.max_notes == 4  # type: ignore[union-attr]
+    # One note per voice (no fill): a piece may end after any note's <TIME>, so with 4 notes
+    # written it must end there, while without max_notes the untrained model writes on.
+    capped = recipe.PieceSampler(model, tok, voices="mono", min_notes=3, max_notes=4)
+    free = recipe.PieceSampler(model, tok, voices="mono", min_notes=3)
+    assert [len(p) for p in capped.pieces(8, 120, seed=3)] == [4] * 8
+    assert max(len(p) for p in free.pieces(8, 120, seed=3)) > 4
+    with pytest.raises(ValueError, match="max_notes must be None or an int >= max"):
+        recipe.PieceSampler(model, tok, min_notes=3, max_notes=2)
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,41 @@ def test_rejects_a_bad_min_notes(bad: object) -> None:
         VoiceLeading(TOK, min_notes=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("bad", "least"), [(0, 0), (-1, 0), (True, 0), (2.5, 0), ("3", 0), (4, 5)])
+def test_rejects_a_bad_max_notes(bad: object, least: int) -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"VoiceLeading: max_notes must be None or an int >= max\(1, min_notes\) "
+        rf"\(min_notes={least}\), got {bad!r}",
+    ):
+        VoiceLeading(TOK, min_notes=least, max_notes=bad)  # type: ignore[arg-type]
+
+
+def test_max_notes_ends_the_piece_at_the_first_chance() -> None:
+    time0 = TOK.time_ids.start
+    full = _chord([1.0, 1.0, 1.0, 1.0])  # 4 notes, the last waiting for its <TIME>
+    # Below max_notes nothing changes: time may move on, or the chord end the piece.
+    assert VoiceLeading(TOK, max_notes=5)(full) == VoiceLeading(TOK)(full)
+    assert len(_times(TOK, VoiceLeading(TOK)(full))) > 1
+    # At max_notes the chord's voices end together: only the ending is left, then <END>.
+    assert VoiceLeading(TOK, max_notes=4)(full) == [time0]
+    assert VoiceLeading(TOK, max_notes=4)([*full, time0]) == [TOK.end_id]
+    assert VoiceLeading(TOK, max_notes=2)(full) == [time0]  # past it too
+    # min_notes still rules: with 5 required the piece may not end here, so nothing is forced.
+    assert VoiceLeading(TOK, min_notes=5, max_notes=5)(full) == VoiceLeading(TOK, min_notes=5)(full)
+    # No chance yet: a chord that can still grow keeps its free voice (+0.0 leads to a note,
+    # not to <END>), and a ragged chord (with fill) may not end.
+    three = _chord([1.0, 1.0, 1.0])
+    assert VoiceLeading(TOK, max_notes=3)(three) == VoiceLeading(TOK)(three) == [time0]
+    grown = VoiceLeading(TOK, max_notes=3)([*three, time0])
+    assert TOK.end_id not in grown and any(i in TOK.note_ids for i in grown)
+    ragged = _chord([1.0, 1.0, 1.0, 0.5])
+    assert VoiceLeading(TOK, max_notes=4)(ragged) == VoiceLeading(TOK)(ragged)
+    # Without fill the ragged chord may end the piece, so at max_notes it does.
+    assert VoiceLeading(TOK, fill=False, max_notes=4)(ragged) == [time0]
+    assert VoiceLeading(TOK, fill=False, max_notes=4)([*ragged, time0]) == [TOK.end_id]
+
+
 def test_min_notes_keeps_a_full_chord_from_ending_the_piece() -> None:
     ids = _chord([1.0, 1.0, 1.0, 1.0])  # the 4th note waits for its <TIME>
     assert _times(TOK, VoiceLeading(TOK, min_notes=4)(ids))[0] == 0.0  # 4 notes: may end
@@ -168,13 +203,15 @@ def _silent_points(piece: Piece, voices: int, grid: float) -> list[tuple[float, 
     fill=st.booleans(),
     two=st.booleans(),
     min_notes=st.sampled_from([0, 6]),
+    max_notes=st.sampled_from([None, 6, 9]),
 )
 def test_generation_under_voice_leading_keeps_its_promises(
-    seed: int, scale: float, fill: bool, two: bool, min_notes: int
+    seed: int, scale: float, fill: bool, two: bool, min_notes: int, max_notes: int | None
 ) -> None:
     tok = TWO if two else TOK
     model = tiny_music_gpt(tok, seed=seed, block_size=96, scale=scale)
-    rule = VoiceLeading(tok, fill=fill, min_notes=min_notes)
+    rule = VoiceLeading(tok, fill=fill, min_notes=min_notes, max_notes=max_notes)
+    free_rule = VoiceLeading(tok, fill=fill, min_notes=min_notes)  # the same without max_notes
     seen: list[list[int]] = []
 
     def recording(ids: list[int]) -> list[int]:
@@ -193,6 +230,18 @@ def test_generation_under_voice_leading_keeps_its_promises(
         assert _overlaps(piece) == 0
         if tok.end_id in row:
             assert len(piece) >= min_notes
+        if max_notes is not None:  # past max_notes the piece ends at its first chance
+            stop = row.index(tok.end_id) + 1 if tok.end_id in row else len(row)
+            time0 = tok.time_ids.start
+            for j in range(1, stop):
+                if sum(i in tok.voice_ids for i in row[:j]) < max_notes:
+                    continue
+                if tok.end_id in free_rule(row[:j]):
+                    assert row[j] == tok.end_id
+                    break
+                if time0 in free_rule(row[:j]) and tok.end_id in free_rule([*row[:j], time0]):
+                    assert row[j : j + 2] == [time0, tok.end_id][: len(row) - j]
+                    break
         if fill and piece:
             assert min(e.onset for e in piece) == 0.0
             assert _silent_points(piece, tok.voices, tok.grid) == []

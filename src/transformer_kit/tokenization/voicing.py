@@ -47,7 +47,10 @@ class VoiceLeading:
     - while fewer than `min_notes` notes are written, and with `fill` while the voices' last
       notes would not all end at the same time: `<END>`, and the `<TIME:+0.0>` after a note
       that leaves no voice free (a chord that cannot grow could only end there). With `fill` a
-      piece thus ends on a chord that all voices release together, as every chorale does.
+      piece thus ends on a chord that all voices release together, as every chorale does;
+    - once `max_notes` notes are written, everything but the ending, at the first chance the
+      other rules give: the `<TIME:+0.0>` after a note that `<END>` may follow (with `fill`,
+      a chord whose voices all end together), then `<END>`.
 
     If the rules would leave nothing, the grammar's own choices are returned, so a constrained
     stream always stays decodable. The state after each prefix is remembered (the last
@@ -64,22 +67,45 @@ class VoiceLeading:
         min_notes: no `<END>` before this many notes (0: a piece may end at any chord). A model
             that loses track of which voices are busy can otherwise end a piece early: it asks
             for another note at an onset whose voices are all taken, and only `<END>` is left.
+        max_notes: end the piece at the first chance once this many notes are written (None:
+            the model chooses). A soft maximum: with `fill` the chance is the first chord whose
+            voices all end together, so a piece whose voices never align again runs on. A
+            model whose window holds a whole piece can lose track of its length and write on
+            past every ending; this ends it near a real piece's length (docs/results.md).
 
     Raises:
         TypeError: if `tokenizer` is not a `MusicTokenizer`.
-        ValueError: if `min_notes` is not an int >= 0.
+        ValueError: if `min_notes` is not an int >= 0, or `max_notes` not None or an int >=
+            max(1, min_notes).
     """
 
-    def __init__(self, tokenizer: MusicTokenizer, *, fill: bool = True, min_notes: int = 0) -> None:
+    def __init__(
+        self,
+        tokenizer: MusicTokenizer,
+        *,
+        fill: bool = True,
+        min_notes: int = 0,
+        max_notes: int | None = None,
+    ) -> None:
         if not isinstance(tokenizer, MusicTokenizer):
             raise TypeError(
                 f"VoiceLeading: tokenizer must be a MusicTokenizer, got {type(tokenizer).__name__}"
             )
         if isinstance(min_notes, bool) or not isinstance(min_notes, int) or min_notes < 0:
             raise ValueError(f"VoiceLeading: min_notes must be an int >= 0, got {min_notes!r}")
+        if max_notes is not None and (
+            isinstance(max_notes, bool)
+            or not isinstance(max_notes, int)
+            or max_notes < max(1, min_notes)
+        ):
+            raise ValueError(
+                f"VoiceLeading: max_notes must be None or an int >= max(1, min_notes)"
+                f" (min_notes={min_notes}), got {max_notes!r}"
+            )
         self.tokenizer = tokenizer
         self.fill = fill
         self.min_notes = min_notes
+        self.max_notes = max_notes
         grid = tokenizer.grid
         size = len(tokenizer.vocab)
         # Per id: grid units a DUR lasts / a TIME advances, and the voice index of a VOICE.
@@ -130,6 +156,12 @@ class VoiceLeading:
                 ok = True
             if ok:
                 keep.append(i)
+        if self.max_notes is not None and notes + pending >= self.max_notes and not no_end:
+            # Past max_notes, and the piece may end: <END> closes a chord, so after a note the
+            # ending is its <TIME:+0.0> (after which <END> is allowed), then <END> itself.
+            ending = [i for i in keep if i == self.tokenizer.end_id or (i == time0 and pending)]
+            if ending:
+                return ending
         return keep if keep else allowed
 
     def _scan(self, ids: Sequence[int]) -> tuple[int, list[int], int, int | None, int]:

@@ -114,6 +114,7 @@ def evaluate_music(
         "temperature": sampler.temperature,
         "voices": sampler.voices,
         "min_notes": sampler.min_notes,
+        "max_notes": sampler.max_notes,
         "top_k": sampler.top_k,
         "seconds_1000_tokens": round(seconds, 2),
         "seconds_1000_tokens_float16": seconds_float16,
@@ -225,7 +226,8 @@ def results_markdown(results: Mapping[str, object]) -> str:
         "",
         f"- step {results['steps']}{trained}, {results['params']:,} parameters",
         f"- samples drawn at temperature {results['temperature']}, top_k {results['top_k']}, "
-        f"constraint --voices {results['voices']}, min_notes {results['min_notes']}",
+        f"constraint --voices {results['voices']}, min_notes {results['min_notes']}, "
+        f"max_notes {results.get('max_notes')}",
         f"- val loss {results['val_loss']:.4f}, test NLL {results['test_nll']:.4f} (nats/token)",
         f"- overall score: {results['percent_of_bach']:.1f}% of held-out Bach's{spread}",
         f"- 1000 tokens generated in {results['seconds_1000_tokens']} s{float16}; "

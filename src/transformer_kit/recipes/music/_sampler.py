@@ -33,6 +33,8 @@ class PieceSampler:
         tokenizer: the `MusicTokenizer` of the model's ids.
         voices: the constraint (see `Voices`).
         min_notes: with `VoiceLeading`, no `<END>` before this many notes.
+        max_notes: with `VoiceLeading`, end the piece at the first chance once this many
+            notes are written (None: when the model ends it); see `VoiceLeading`.
         temperature, top_k: as in `generate`.
         eval_samples, eval_tokens, seed: what a call with no argument samples.
         slide: as in `generate`. "recompute" (the default) lets a RoPE model attend to the
@@ -52,6 +54,7 @@ class PieceSampler:
         *,
         voices: Voices = "fill",
         min_notes: int = 0,
+        max_notes: int | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
         eval_samples: int = 4,
@@ -73,13 +76,17 @@ class PieceSampler:
         self.eval_samples, self.eval_tokens, self.seed = eval_samples, eval_tokens, seed
         self.slide = slide
         self.min_notes = 0 if voices == "grammar" else min_notes
+        self.max_notes = None if voices == "grammar" else max_notes
         self.rule = (
             tokenizer.allowed_next
             if voices == "grammar"
-            else VoiceLeading(tokenizer, fill=voices == "fill", min_notes=min_notes)
+            else VoiceLeading(
+                tokenizer, fill=voices == "fill", min_notes=min_notes, max_notes=max_notes
+            )
         )
-        self.rule_name = "grammar" if voices == "grammar" else f"{voices}{min_notes}"
-        """Names the constraint in folder names: grammar, fill145, mono0, ..."""
+        most = "" if self.max_notes is None else f"-{self.max_notes}"
+        self.rule_name = "grammar" if voices == "grammar" else f"{voices}{min_notes}{most}"
+        """Names the constraint in folder names: grammar, fill145, fill145-373, mono0, ..."""
 
     def ids(self, n: int, tokens: int, *, seed: int, stop: bool = True) -> Tensor:
         """`n` rows of `<START>` and up to `tokens` more, (n, 1 + tokens'); `<END>` stops a row."""
