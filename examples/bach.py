@@ -17,7 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from transformer_kit.checkpoint import CheckpointError, CheckpointManager
@@ -39,7 +38,8 @@ NUMBERS = {  # flag: (type, default, help)
     "eval_samples": (int, 4, "samples per evaluation"), "sample_tokens": (int, 1200, ""),
     "sample_sets": (int, 1, "score this many sets of --final-samples (other seeds)"),
     "temperature": (float, 1.0, ""), "top_k": (int, None, ""), "d_ff": (int, 1024, ""),
-    "min_notes": (int, None, "no <END> before; p5"), "max_notes": (int, None, "end after; p95"),
+    "min_notes": (int, None, "no <END> before; default: 5th percentile of the pieces"),
+    "max_notes": (int, None, "end at the first chance after; default: 95th percentile, 0: none"),
 }  # fmt: skip
 
 
@@ -81,14 +81,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         vars(args).update({key: value for key, value in trained.items() if key in kept})
     try:
         pieces = recipe.load_splits(args.midi_dir, cache_dir=args.cache_dir, seed=args.seed)
-    except (OSError, ValueError) as error:  # a missing folder, or too few pieces in it
+        bounds = recipe.length_bounds(pieces["train"], args.min_notes, args.max_notes)
+    except (OSError, ValueError) as error:  # no such folder, too few pieces, bad --*-notes
         raise SystemExit(str(error)) from error
     tok = recipe.fit_tokenizer(sum(pieces.values(), [])) if args.midi_dir else MusicTokenizer()
     streams = {name: recipe.encode_pieces(tok, split) for name, split in pieces.items()}
     print({name: f"{len(pieces[name])} pieces, {len(s):,} tokens" for name, s in streams.items()})
-    lengths = [len(p) for p in pieces["train"]]  # default: end within the pieces' 5-95% range
-    args.min_notes = int(np.percentile(lengths, 5)) if args.min_notes is None else args.min_notes
-    args.max_notes = int(np.percentile(lengths, 95)) if args.max_notes is None else args.max_notes
+    args.min_notes, args.max_notes = bounds  # default: the pieces' 5th and 95th percentiles
     profile = music.MusicProfile.from_pieces(pieces["train"])
     evaluation = dict(
         streams=streams, holdout=pieces["val"] + pieces["test"], profile=profile,
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     model = recipe.music_gpt(tok, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
     sampler = recipe.PieceSampler(  # what MusicalEarlyStopping and the final samples draw
         model, tok, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
-        max_notes=args.max_notes or None, temperature=args.temperature, seed=args.seed,
+        max_notes=args.max_notes, temperature=args.temperature, seed=args.seed,
         eval_samples=args.eval_samples, eval_tokens=args.sample_tokens // 2,
     )  # fmt: skip
     if args.evaluate is not None:  # sample a trained checkpoint again, into its own folder

@@ -73,9 +73,9 @@ PUBLIC = {
     "recipes": [],
     "recipes.music": [
         "PieceSampler", "RUN_SHAPE", "SAMPLE_TOKENS", "Voices", "encode_pieces",
-        "evaluate_checkpoint", "evaluate_music", "fit_tokenizer", "load_run_model", "load_splits",
-        "music_gpt", "pitch_stages", "results_markdown", "steps_for_budget", "token_nll",
-        "write_results",
+        "evaluate_checkpoint", "evaluate_music", "fit_tokenizer", "length_bounds", "load_run_model",
+        "load_splits", "music_gpt", "pitch_stages", "results_markdown", "steps_for_budget",
+        "token_nll", "write_results",
     ],
     "cli": ["main"],
 }  # fmt: skip

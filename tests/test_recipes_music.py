@@ -202,14 +202,40 @@ def test_piece_sampler_max_notes_ends_every_piece_near_it():
     model = recipe.music_gpt(tok, **TINY).eval()
     filled = recipe.PieceSampler(model, tok, min_notes=3, max_notes=4)
     assert filled.rule_name == "fill3-4" and filled.rule.max_notes == 4  # type: ignore[union-attr]
-    # One note per voice (no fill): a piece may end after any note's <TIME>, so with 4 notes
-    # written it must end there, while without max_notes the untrained model writes on.
-    capped = recipe.PieceSampler(model, tok, voices="mono", min_notes=3, max_notes=4)
-    free = recipe.PieceSampler(model, tok, voices="mono", min_notes=3)
+    # One note per voice (no fill): a piece may end after any note from the 4th on (min_notes),
+    # so with max_notes 4 it must end right there, while without it the model writes on.
+    capped = recipe.PieceSampler(model, tok, voices="mono", min_notes=4, max_notes=4)
+    free = recipe.PieceSampler(model, tok, voices="mono", min_notes=4)
     assert [len(p) for p in capped.pieces(8, 120, seed=3)] == [4] * 8
     assert max(len(p) for p in free.pieces(8, 120, seed=3)) > 4
     with pytest.raises(ValueError, match="max_notes must be None or an int >= max"):
         recipe.PieceSampler(model, tok, min_notes=3, max_notes=2)
+
+
+def test_length_bounds_are_the_pieces_percentiles_unless_given():
+    pieces = [[NoteEvent(60, 1, float(k), 1.0)] * n for k, n in enumerate(range(1, 101))]
+    # numpy's linear percentiles of 1..100: 5.95 and 95.05, truncated.
+    assert recipe.length_bounds(pieces) == (5, 95)
+    assert recipe.length_bounds(pieces, 10) == (10, 95)
+    assert recipe.length_bounds(pieces, 120) == (120, 120)  # the maximum is at least the minimum
+    assert recipe.length_bounds(pieces, None, 50) == (5, 50)
+    assert recipe.length_bounds(pieces, 3, 0) == (3, None)  # 0: no maximum
+    assert recipe.length_bounds([], 3, 7) == (3, 7)  # nothing to take a percentile of, or to need
+    assert recipe.length_bounds([[]] * 4) == (0, 1)
+    for args, match in [
+        ((pieces, -1), "min_notes must be None or an int >= 0, got -1"),
+        ((pieces, True), "min_notes must be None or an int >= 0, got True"),
+        (
+            (pieces, 10, 9),
+            r"max_notes must be None, 0 \(no maximum\) or an int >= max\(1, "
+            r"min_notes\) \(min_notes=10\), got 9",
+        ),
+        ((pieces, None, -2), r"\(min_notes=5\), got -2"),
+        ((pieces, None, 2.5), r"got 2.5"),
+        (([], None, 7), "pieces is empty"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            recipe.length_bounds(*args)
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,16 @@ def test_rejects_a_bad_min_notes(bad: object) -> None:
         VoiceLeading(TOK, min_notes=bad)  # type: ignore[arg-type]
 
 
+def test_max_notes_forces_no_time_step_that_could_not_end_the_piece() -> None:
+    # A prompt that broke the rules: voice 1 starts again while its half note still sounds.
+    # The scan then takes the new note's end (1.0) over the old one (2.0), so after +0.0 the
+    # voices end at 1.0 and 2.0 and <END> is refused: forcing +0.0 would not end the piece.
+    ids = [TWO.start_id, *_note(TWO, 60, 1, 2.0, 0.0), *_note(TWO, 64, 2, 2.0, 0.0)]
+    ids += _note(TWO, 62, 1, 1.0, 0.0)[:-1]
+    assert VoiceLeading(TWO, max_notes=3)(ids) == VoiceLeading(TWO)(ids)
+    assert len(VoiceLeading(TWO)(ids)) > 1
+
+
 @pytest.mark.parametrize(("bad", "least"), [(0, 0), (-1, 0), (True, 0), (2.5, 0), ("3", 0), (4, 5)])
 def test_rejects_a_bad_max_notes(bad: object, least: int) -> None:
     with pytest.raises(
@@ -126,8 +136,6 @@ def test_max_notes_ends_the_piece_at_the_first_chance() -> None:
     assert VoiceLeading(TOK, max_notes=4)(full) == [time0]
     assert VoiceLeading(TOK, max_notes=4)([*full, time0]) == [TOK.end_id]
     assert VoiceLeading(TOK, max_notes=2)(full) == [time0]  # past it too
-    # min_notes still rules: with 5 required the piece may not end here, so nothing is forced.
-    assert VoiceLeading(TOK, min_notes=5, max_notes=5)(full) == VoiceLeading(TOK, min_notes=5)(full)
     # No chance yet: a chord that can still grow keeps its free voice (+0.0 leads to a note,
     # not to <END>), and a ragged chord (with fill) may not end.
     three = _chord([1.0, 1.0, 1.0])

@@ -128,14 +128,14 @@ class VoiceLeading:
         """The ids allowed after the prefix `ids` (`list[int]`, prompt included)."""
         allowed = self.tokenizer.allowed_next(ids)
         clock, ends, voice, duration, notes = self._scan(ids)
+        state = (clock, tuple(ends), voice, duration, notes, False)
         pending = 0  # 1 while choosing the TIME after a note, which then holds its voice
         if voice >= 0 and duration is not None:
             ends[voice] = max(ends[voice], clock + duration)
             pending = 1
         free = {v for v, end in enumerate(ends) if end <= clock}
         room = max(0, min(ends) - clock)  # grid units until the first voice falls silent
-        # No ending yet: too few notes, or (with fill) voices that would not end together.
-        no_end = notes + pending < self.min_notes or (self.fill and max(ends) != min(ends))
+        no_end = not self._may_end(notes + pending, ends)
         time0 = self.tokenizer.time_ids.start
         keep = []
         for i in allowed:
@@ -158,11 +158,23 @@ class VoiceLeading:
                 keep.append(i)
         if self.max_notes is not None and notes + pending >= self.max_notes and not no_end:
             # Past max_notes, and the piece may end: <END> closes a chord, so after a note the
-            # ending is its <TIME:+0.0> (after which <END> is allowed), then <END> itself.
-            ending = [i for i in keep if i == self.tokenizer.end_id or (i == time0 and pending)]
-            if ending:
-                return ending
+            # ending is its <TIME:+0.0>, then <END>. Whether <END> may follow the +0.0 is read
+            # from the state after it, not assumed: a prompt that broke the rules (a voice
+            # reused while it sounds) can make the two differ.
+            if self.tokenizer.end_id in keep:
+                return [self.tokenizer.end_id]
+            if pending and time0 in keep:
+                _, after_ends, _, _, after_notes, _ = self._advance(state, (time0,))
+                if self._may_end(after_notes, list(after_ends)):
+                    return [time0]
         return keep if keep else allowed
+
+    def _may_end(self, notes: int, ends: list[int]) -> bool:
+        """Whether the piece may end with `notes` written and each voice ending at `ends`.
+
+        Not before `min_notes` notes, and with `fill` only where every voice ends together.
+        """
+        return notes >= self.min_notes and not (self.fill and max(ends) != min(ends))
 
     def _scan(self, ids: Sequence[int]) -> tuple[int, list[int], int, int | None, int]:
         """Clock, each voice's end (grid units), the note being written, and the note count.

@@ -30,7 +30,7 @@ from transformer_kit.recipes.music._run import (
     pitch_stages,
     steps_for_budget,
 )
-from transformer_kit.recipes.music._sampler import PieceSampler, Voices
+from transformer_kit.recipes.music._sampler import PieceSampler, Voices, length_bounds
 from transformer_kit.tokenization import MusicTokenizer  # noqa: F401  (used by the doctest)
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "evaluate_checkpoint",
     "evaluate_music",
     "fit_tokenizer",
+    "length_bounds",
     "load_run_model",
     "load_splits",
     "music_gpt",

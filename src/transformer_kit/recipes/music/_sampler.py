@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -12,7 +14,7 @@ from transformer_kit.sampling import Slide, generate
 from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
 from transformer_kit.tokenization.events import Piece
 
-__all__ = ["PieceSampler", "Voices"]
+__all__ = ["PieceSampler", "Voices", "length_bounds"]
 
 Voices = Literal["fill", "mono", "grammar"]
 """The sampling constraint: `VoiceLeading` with every voice sounding (fill), one note per voice
@@ -121,3 +123,38 @@ class PieceSampler:
         start = time.perf_counter()
         ids = self.ids(1, tokens, seed=seed, stop=False)
         return ids, time.perf_counter() - start
+
+
+def length_bounds(
+    pieces: Sequence[Piece], min_notes: int | None = None, max_notes: int | None = None
+) -> tuple[int, int | None]:
+    """`(min_notes, max_notes)` for a `PieceSampler` whose samples should end as `pieces` do.
+
+    None picks the 5th percentile of the pieces' note counts for `min_notes` and the 95th (at
+    least `min_notes`) for `max_notes`; `max_notes=0` means no maximum (None). Given values are
+    checked and returned.
+
+    Raises:
+        ValueError: if `pieces` is empty (and a percentile is asked for), `min_notes` is not
+            None or an int >= 0, or `max_notes` not None, 0 or an int >= max(1, min_notes).
+    """
+    if min_notes is not None and (
+        isinstance(min_notes, bool) or not isinstance(min_notes, int) or min_notes < 0
+    ):
+        raise ValueError(f"length_bounds: min_notes must be None or an int >= 0, got {min_notes!r}")
+    if (min_notes is None or max_notes is None) and not pieces:
+        raise ValueError("length_bounds: pieces is empty, so there is no percentile to take")
+    lengths = [len(piece) for piece in pieces]
+    low = int(np.percentile(lengths, 5)) if min_notes is None else min_notes
+    if max_notes is None:
+        return low, max(low, 1, int(np.percentile(lengths, 95)))
+    if (
+        isinstance(max_notes, bool)
+        or not isinstance(max_notes, int)
+        or (max_notes != 0 and max_notes < max(1, low))
+    ):
+        raise ValueError(
+            f"length_bounds: max_notes must be None, 0 (no maximum) or an int >= max(1, "
+            f"min_notes) (min_notes={low}), got {max_notes!r}"
+        )
+    return low, max_notes or None
