@@ -128,10 +128,11 @@ class VoiceLeading:
         """The ids allowed after the prefix `ids` (`list[int]`, prompt included)."""
         allowed = self.tokenizer.allowed_next(ids)
         clock, ends, voice, duration, notes = self._scan(ids)
-        state = (clock, tuple(ends), voice, duration, notes, False)
         pending = 0  # 1 while choosing the TIME after a note, which then holds its voice
+        own_end = clock  # that note's end
         if voice >= 0 and duration is not None:
-            ends[voice] = max(ends[voice], clock + duration)
+            own_end = clock + duration
+            ends[voice] = max(ends[voice], own_end)
             pending = 1
         free = {v for v, end in enumerate(ends) if end <= clock}
         room = max(0, min(ends) - clock)  # grid units until the first voice falls silent
@@ -158,14 +159,16 @@ class VoiceLeading:
                 keep.append(i)
         if self.max_notes is not None and notes + pending >= self.max_notes and not no_end:
             # Past max_notes, and the piece may end: <END> closes a chord, so after a note the
-            # ending is its <TIME:+0.0>, then <END>. Whether <END> may follow the +0.0 is read
-            # from the state after it, not assumed: a prompt that broke the rules (a voice
-            # reused while it sounds) can make the two differ.
+            # ending is its <TIME:+0.0>, then <END>. The scan will record the note's own end
+            # (`_advance`), not the later of it and its voice's previous end taken above; a
+            # prompt that broke the rules (a voice reused while it sounds) can make the two
+            # differ, so <END> is checked against the state the +0.0 really leads to.
             if self.tokenizer.end_id in keep:
                 return [self.tokenizer.end_id]
             if pending and time0 in keep:
-                _, after_ends, _, _, after_notes, _ = self._advance(state, (time0,))
-                if self._may_end(after_notes, list(after_ends)):
+                after = list(ends)
+                after[voice] = own_end
+                if self._may_end(notes + 1, after):
                     return [time0]
         return keep if keep else allowed
 
