@@ -39,7 +39,7 @@ NUMBERS = {  # flag: (type, default, help)
     "sample_sets": (int, 1, "score this many sets of --final-samples (other seeds)"),
     "temperature": (float, 1.0, ""), "top_k": (int, None, ""), "d_ff": (int, 1024, ""),
     "min_notes": (int, None, "no <END> before; default: 5th percentile of the pieces"),
-    "max_notes": (int, None, "end at the first chance after; default: 95th percentile, 0: none"),
+    "max_notes": (int, None, "end at the first chance after; default: a random piece's, 0: none"),
 }  # fmt: skip
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     tok = recipe.fit_tokenizer(sum(pieces.values(), [])) if args.midi_dir else MusicTokenizer()
     streams = {name: recipe.encode_pieces(tok, split) for name, split in pieces.items()}
     print({name: f"{len(pieces[name])} pieces, {len(s):,} tokens" for name, s in streams.items()})
-    args.min_notes, args.max_notes = bounds  # default: the pieces' 5th and 95th percentiles
+    args.min_notes, max_notes = bounds  # default: 5th percentile; maxima drawn from the lengths
     profile = music.MusicProfile.from_pieces(pieces["train"])
     evaluation = dict(
         streams=streams, holdout=pieces["val"] + pieces["test"], profile=profile,
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     model = recipe.music_gpt(tok, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
     sampler = recipe.PieceSampler(  # what MusicalEarlyStopping and the final samples draw
         model, tok, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
-        max_notes=args.max_notes, temperature=args.temperature, seed=args.seed,
+        max_notes=max_notes, temperature=args.temperature, seed=args.seed,
         eval_samples=args.eval_samples, eval_tokens=args.sample_tokens // 2,
     )  # fmt: skip
     if args.evaluate is not None:  # sample a trained checkpoint again, into its own folder

@@ -118,7 +118,13 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     assert sorted(p.suffix for p in (out / "samples").iterdir())[:2] == [".mid", ".mid"]
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 6 and results["decodable"] == 1.0
-    assert 1 <= results["min_notes"] <= results["max_notes"]  # the pieces' 5th and 95th pct
+    # By default each sample draws its maximum from the training pieces' lengths, and the
+    # minimum is their 5th percentile.
+    pattern = r"drawn from \d+ lengths \((\d+)-(\d+), mean \d+\), at least (\d+)"
+    drawn = re.fullmatch(pattern, results["max_notes"])
+    assert drawn is not None, results["max_notes"]
+    assert int(drawn[1]) <= results["min_notes"] <= int(drawn[2])
+    assert int(drawn[3]) == max(1, results["min_notes"])
     assert 0.0 <= results["overall_score_samples"] <= 100.0
     evaluations = [r for r in read_metrics(out / "metrics.jsonl") if "music_score" in r]
     assert [r["step"] for r in evaluations] == [3, 6]

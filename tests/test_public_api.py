@@ -39,7 +39,7 @@ PUBLIC = {
         "warmup_cosine", "warmup_linear",
     ],
     "sampling": [
-        "LogitsFilter", "Slide", "apply_frequency_penalty", "apply_presence_penalty",
+        "AllowedNext", "LogitsFilter", "Slide", "apply_frequency_penalty", "apply_presence_penalty",
         "apply_repetition_penalty", "apply_temperature", "beam_search", "filter_min_p",
         "filter_top_k", "filter_top_p", "generate", "mask_allowed",
     ],

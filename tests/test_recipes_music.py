@@ -208,20 +208,74 @@ def test_piece_sampler_max_notes_ends_every_piece_near_it():
     free = recipe.PieceSampler(model, tok, voices="mono", min_notes=4)
     assert [len(p) for p in capped.pieces(8, 120, seed=3)] == [4] * 8
     assert max(len(p) for p in free.pieces(8, 120, seed=3)) > 4
-    with pytest.raises(ValueError, match="max_notes must be None or an int >= max"):
+    with pytest.raises(ValueError, match=r"max_notes must be None, an int >= max\(1, min_notes\) "
+                       r"\(min_notes=3\) or a sequence of ints >= 0, got 2"):  # fmt: skip
         recipe.PieceSampler(model, tok, min_notes=3, max_notes=2)
 
 
-def test_length_bounds_are_the_pieces_percentiles_unless_given():
+class _NeverEnds(nn.Module):
+    """A model that never picks `<END>` by itself: its logit is 1e4 lower."""
+
+    def __init__(self, model: nn.Module, end_id: int) -> None:
+        super().__init__()
+        self.model, self.end_id = model, end_id
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.model(ids).logits.clone()
+        logits[..., self.end_id] -= 1e4
+        return logits
+
+
+def test_piece_sampler_draws_each_samples_max_notes_from_the_lengths():
+    tok = MusicTokenizer()
+    torch.manual_seed(1)
+    model = _NeverEnds(recipe.music_gpt(tok, **TINY).eval(), tok.end_id)
+    # One note per voice: a piece may end after any note, so each ends at exactly its maximum.
+    lengths = (3, 5, 1, 8)  # 1 is raised to min_notes = 2
+    sampler = recipe.PieceSampler(model, tok, voices="mono", min_notes=2, max_notes=lengths)
+    assert sampler.max_notes == lengths and sampler.rule.max_notes is None  # type: ignore[union-attr]
+    assert re.fullmatch(r"mono2-len[0-9a-f]{6}", sampler.rule_name)
+    for seed in (3, 4):
+        drawn = np.random.default_rng(seed).choice(lengths, size=12)  # each row's maximum
+        got = [len(p) for p in sampler.pieces(12, 150, seed=seed)]
+        assert got == [max(2, int(n)) for n in drawn]
+        assert len(set(got)) > 1  # rows differ, so each drew its own
+    other = recipe.PieceSampler(model, tok, voices="mono", min_notes=2, max_notes=[3, 5, 8])
+    assert other.rule_name != sampler.rule_name  # other lengths, another folder
+    for same in ([3, 5, 1, 8], np.array(lengths)):  # a list or an array names the same rule
+        alike = recipe.PieceSampler(model, tok, voices="mono", min_notes=2, max_notes=same)
+        assert alike.max_notes == lengths and alike.rule_name == sampler.rule_name
+    # With no minimum, a drawn 0 is raised to 1 note; a negative seed draws as torch's does.
+    single = recipe.PieceSampler(model, tok, voices="mono", max_notes=(0,))
+    assert [len(p) for p in single.pieces(4, 40, seed=-3)] == [1] * 4
+    ids, _ = sampler.timed(60, seed=2)  # timed draws no maximum: the model writes on
+    assert len(tok.decode(ids[0].tolist())) > 8
+    for bad, match in [
+        ((), "an empty sequence"),
+        ((4, -1), "-1 in it"),
+        ([4, True], "True in it"),
+        ((4, 2.5), "2.5 in it"),
+    ]:
+        with pytest.raises(ValueError, match="max_notes as a sequence must hold one or more ints"):
+            recipe.PieceSampler(model, tok, max_notes=bad)
+        with pytest.raises(ValueError, match=re.escape(match)):
+            recipe.PieceSampler(model, tok, max_notes=bad)
+    for bad in ("373", 5.0, True):
+        with pytest.raises(ValueError, match=f"or a sequence of ints >= 0, got {bad!r}"):
+            recipe.PieceSampler(model, tok, max_notes=bad)  # type: ignore[arg-type]
+
+
+def test_length_bounds_are_the_pieces_percentile_and_lengths_unless_given():
     pieces = [[NoteEvent(60, 1, float(k), 1.0)] * n for k, n in enumerate(range(1, 101))]
-    # numpy's linear percentiles of 1..100: 5.95 and 95.05, truncated.
-    assert recipe.length_bounds(pieces) == (5, 95)
-    assert recipe.length_bounds(pieces, 10) == (10, 95)
-    assert recipe.length_bounds(pieces, 120) == (120, 120)  # the maximum is at least the minimum
+    lengths = tuple(range(1, 101))  # each sample draws its maximum from these
+    # numpy's linear 5th percentile of 1..100: 5.95, truncated.
+    assert recipe.length_bounds(pieces) == (5, lengths)
+    assert recipe.length_bounds(pieces, 120) == (120, lengths)  # the sampler raises the draws
+    assert recipe.length_bounds(pieces, 10, 95) == (10, 95)
     assert recipe.length_bounds(pieces, None, 50) == (5, 50)
     assert recipe.length_bounds(pieces, 3, 0) == (3, None)  # 0: no maximum
     assert recipe.length_bounds([], 3, 7) == (3, 7)  # nothing to take a percentile of, or to need
-    assert recipe.length_bounds([[]] * 4) == (0, 1)
+    assert recipe.length_bounds([[]] * 4) == (0, (0, 0, 0, 0))
     for args, match in [
         ((pieces, -1), "min_notes must be None or an int >= 0, got -1"),
         ((pieces, True), "min_notes must be None or an int >= 0, got True"),
@@ -312,7 +366,9 @@ def test_evaluate_music_scores_samples_against_the_holdout(tmp_path):
     tok = MusicTokenizer()
     torch.manual_seed(2)
     model = recipe.music_gpt(tok, **TINY)
-    sampler = recipe.PieceSampler(model, tok, voices="fill", min_notes=2, temperature=0.8)
+    sampler = recipe.PieceSampler(
+        model, tok, voices="fill", min_notes=2, max_notes=[1, 4, 7], temperature=0.8
+    )
     evaluation = _evaluation(tok)
     results = recipe.evaluate_music(
         sampler, out_dir=tmp_path / "eval", sets=2, seed=5, **evaluation
@@ -334,6 +390,7 @@ def test_evaluate_music_scores_samples_against_the_holdout(tmp_path):
     assert sets[1] == pytest.approx(100 * music.overall_score(second, profile) / bach)
     assert results["percent_of_bach_mean"] == pytest.approx(sum(sets) / 2)
     assert (results["voices"], results["min_notes"], results["temperature"]) == ("fill", 2, 0.8)
+    assert results["max_notes"] == "drawn from 3 lengths (1-7, mean 4), at least 2"
     names = sorted(p.name for p in (tmp_path / "eval" / "samples").iterdir())
     assert names == ["sample_00.mid", "sample_00.musicxml", "sample_01.mid", "sample_01.musicxml",
                      "sample_02.mid", "sample_02.musicxml"]  # fmt: skip

@@ -737,6 +737,48 @@ def test_allowed_next_sees_each_unfinished_row_with_its_prompt():
     assert calls == [[0, 1], [2, 3], [0, 1, 2], [0, 1, 2, 3]]
 
 
+def _allow_odd_steps(sequence):
+    """The other toy grammar over 11 tokens: the next id is 1 or 3 more than the last."""
+    return {(sequence[-1] + 1) % 11, (sequence[-1] + 3) % 11}
+
+
+def test_allowed_next_as_a_sequence_gives_each_row_its_own_rule():
+    model, ids = Bigram(scale=3.0), torch.tensor([[0, 5], [3, 3], [9, 10]])
+    rules = [_allow_up_to_two_steps_ahead, _allow_odd_steps, _allow_odd_steps]
+    for seed in range(5):
+        out = generate(model, ids, 8, temperature=1.5, allowed_next=rules,
+                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        for row, rule in zip(out.tolist(), rules, strict=True):
+            assert all(row[t] in rule(row[:t]) for t in range(2, len(row)))
+        # Each row draws what it draws under its own rule given to the whole batch.
+        alone = {
+            rule: generate(model, ids, 8, temperature=1.5, allowed_next=rule,
+                           generator=torch.Generator().manual_seed(seed))
+            for rule in set(rules)
+        }  # fmt: skip
+        for r, rule in enumerate(rules):
+            assert torch.equal(out[r], alone[rule][r])
+        assert not torch.equal(alone[_allow_odd_steps], alone[_allow_up_to_two_steps_ahead])
+        # One callable per row, all the same, is the callable given once.
+        same = generate(model, ids, 8, temperature=1.5, allowed_next=[_allow_odd_steps] * 3,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        assert torch.equal(same, alone[_allow_odd_steps])
+
+
+@pytest.mark.parametrize(
+    "rules, match",
+    [
+        ([_allow_odd_steps] * 2, r"a sequence of 3 callables \(one per row of ids\), got 2 items"),
+        ([_allow_odd_steps, 4, _allow_odd_steps], r"3 callables; item 1 is 4, not callable"),
+        (7, r"allowed_next must be a callable or a sequence of 3 callables, got 7"),
+        ("abc", r"allowed_next must be a callable or a sequence of 3 callables, got 'abc'"),
+    ],
+)
+def test_allowed_next_sequence_errors_name_what_is_wrong(rules, match):
+    with pytest.raises(ValueError, match=match):
+        generate(Bigram(), torch.tensor([[0, 5], [3, 3], [9, 10]]), 2, allowed_next=rules)
+
+
 @pytest.mark.parametrize(
     "answer, match",
     [

@@ -19,7 +19,7 @@ from transformer_kit.sampling._filters import (
     filter_top_p,
     mask_allowed,
 )
-from transformer_kit.sampling._generate import Slide, generate
+from transformer_kit.sampling._generate import AllowedNext, Slide, generate
 from transformer_kit.sampling._penalties import (
     apply_frequency_penalty,
     apply_presence_penalty,
@@ -27,6 +27,7 @@ from transformer_kit.sampling._penalties import (
 )
 
 __all__ = [
+    "AllowedNext",
     "LogitsFilter",
     "Slide",
     "apply_frequency_penalty",

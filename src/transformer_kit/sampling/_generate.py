@@ -40,10 +40,13 @@ from transformer_kit.sampling._step import (
     _Stepper,
 )
 
-__all__ = ["Slide", "generate"]
+__all__ = ["AllowedNext", "Slide", "generate"]
 
 Slide = Literal["recompute", "rolling"]
 """How `generate` moves the context past the window: exact recompute, or a rolling cache."""
+
+AllowedNext = Callable[[list[int]], Collection[int]]
+"""A constraint: one row's ids so far (prompt included) to the ids allowed next."""
 
 
 def generate(
@@ -58,7 +61,7 @@ def generate(
     repetition_penalty: float = 1.0,
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
-    allowed_next: Callable[[list[int]], Collection[int]] | None = None,
+    allowed_next: AllowedNext | Sequence[AllowedNext] | None = None,
     stop_ids: Sequence[int] = (),
     stop_sequences: Sequence[Sequence[int]] = (),
     generator: torch.Generator | None = None,
@@ -112,7 +115,9 @@ def generate(
             disables.
         allowed_next: Called with one unfinished row's ids so far (`list[int]`, prompt
             included) and returns the ids allowed next; every other token is masked out.
-            None allows everything.
+            A sequence of `B` callables gives each row its own: row `r` asks the `r`-th (a
+            constraint with a per-row setting, e.g. each piece's own length). None allows
+            everything.
         stop_ids: Token ids that finish a row, each a one-token stop sequence.
         stop_sequences: Token sequences that finish a row once its generated tail equals one.
         generator: Source of randomness; the same seed gives the same output. None uses torch's
@@ -155,8 +160,9 @@ def generate(
 
     Raises:
         ValueError: If `ids` is not a 2-D integer tensor with at least one column, another
-            argument is out of range, or `allowed_next` returns no ids or an id outside
-            `[0, V)` (the message names the step and the row).
+            argument is out of range, `allowed_next` is a sequence whose length is not `B`,
+            or it returns no ids or an id outside `[0, V)` (the message names the step and
+            the row).
 
     Example:
         >>> table = torch.nn.Embedding(5, 5)
@@ -183,6 +189,7 @@ def generate(
     _check_slide(slide, model, use_cache, mask, ids.size(1) + max_new_tokens)
 
     B, T = ids.shape
+    rules = _row_rules(allowed_next, B)
     # Written in place, so it stays an ordinary tensor although the loop runs in inference mode.
     out = torch.empty(B, T + max_new_tokens, dtype=ids.dtype, device=ids.device)
     out[:, :T] = ids
@@ -211,9 +218,9 @@ def generate(
                 # Dropped rows get flat logits: every row still takes its draw below, so the
                 # generator advances as it would with the whole batch and the tokens are the same.
                 logits = part.new_zeros(B, part.size(-1)).index_copy_(0, fed, part)
-            if allowed_next is not None:
+            if rules is not None:
                 done = torch.zeros(B, dtype=torch.bool) if finished is None else finished
-                keep = _allowed_rows(allowed_next, sequence, done, logits.size(-1), step)
+                keep = _allowed_rows(rules, sequence, done, logits.size(-1), step)
                 logits = logits.masked_fill(~keep, -math.inf)
             if repetition_penalty != 1.0:
                 logits = apply_repetition_penalty(logits, sequence, repetition_penalty)
@@ -381,8 +388,28 @@ def _ends_with_stop(out: Tensor, n_generated: int, stops: list[Tensor]) -> Tenso
     return hit
 
 
+def _row_rules(
+    allowed_next: AllowedNext | Sequence[AllowedNext] | None, batch: int
+) -> list[AllowedNext] | None:
+    """One `allowed_next` callable per row, or None when nothing is constrained."""
+    if allowed_next is None:
+        return None
+    if callable(allowed_next):
+        return [allowed_next] * batch
+    wanted = f"generate: allowed_next must be a callable or a sequence of {batch} callables"
+    if not isinstance(allowed_next, Sequence) or isinstance(allowed_next, (str, bytes)):
+        raise ValueError(f"{wanted}, got {allowed_next!r}")
+    rules = list(allowed_next)
+    if len(rules) != batch:
+        raise ValueError(f"{wanted} (one per row of ids), got {len(rules)} items")
+    for row, rule in enumerate(rules):
+        if not callable(rule):
+            raise ValueError(f"{wanted}; item {row} is {rule!r}, not callable")
+    return rules
+
+
 def _allowed_rows(
-    allowed_next: Callable[[list[int]], Collection[int]],
+    rules: list[AllowedNext],
     out: Tensor,
     finished: Tensor,
     vocab_size: int,
@@ -395,5 +422,5 @@ def _allowed_rows(
             rows.append(torch.ones(vocab_size, dtype=torch.bool, device=out.device))
         else:
             subject = f"generate: allowed_next for row {row} at step {step}"
-            rows.append(_allowed_mask(allowed_next(sequence), vocab_size, out.device, subject))
+            rows.append(_allowed_mask(rules[row](sequence), vocab_size, out.device, subject))
     return torch.stack(rows)  # (B, V)

@@ -114,7 +114,7 @@ def evaluate_music(
         "temperature": sampler.temperature,
         "voices": sampler.voices,
         "min_notes": sampler.min_notes,
-        "max_notes": sampler.max_notes,
+        "max_notes": _max_notes_text(sampler),
         "top_k": sampler.top_k,
         "seconds_1000_tokens": round(seconds, 2),
         "seconds_1000_tokens_float16": seconds_float16,
@@ -234,3 +234,15 @@ def results_markdown(results: Mapping[str, object]) -> str:
         f"decodable {100 * decodable:.0f}%",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _max_notes_text(sampler: PieceSampler) -> int | str | None:
+    """A sampler's `max_notes` for results.json: drawn maxima as a summary, not the list."""
+    most = sampler.max_notes
+    if not isinstance(most, tuple):
+        return most
+    mean = sum(most) / len(most)
+    return (
+        f"drawn from {len(most)} lengths ({min(most)}-{max(most)}, mean {mean:.0f}), "
+        f"at least {max(1, sampler.min_notes)}"
+    )

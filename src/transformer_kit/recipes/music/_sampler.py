@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Literal, get_args
 
 import numpy as np
@@ -36,7 +38,11 @@ class PieceSampler:
         voices: the constraint (see `Voices`).
         min_notes: with `VoiceLeading`, no `<END>` before this many notes.
         max_notes: with `VoiceLeading`, end the piece at the first chance once this many
-            notes are written (None: when the model ends it); see `VoiceLeading`.
+            notes are written (None: when the model ends it); see `VoiceLeading`. A sequence
+            of note counts (the training pieces' lengths, say) gives each sample its own
+            maximum, drawn from it with the call's seed and raised to at least max(1,
+            min_notes), so that the samples' lengths follow those counts rather than one cap
+            (docs/results.md, "Drawing each piece's length"). `timed` draws none.
         temperature, top_k: as in `generate`.
         eval_samples, eval_tokens, seed: what a call with no argument samples.
         slide: as in `generate`. "recompute" (the default) lets a RoPE model attend to the
@@ -45,8 +51,9 @@ class PieceSampler:
             "Past the training window").
 
     Raises:
-        ValueError: if `voices` is not one of `Voices`, `slide` not one of `Slide`, or a count
-            is not a positive int.
+        ValueError: if `voices` is not one of `Voices`, `slide` not one of `Slide`, a count
+            is not a positive int, or `max_notes` is not None, an int >= max(1, min_notes) or
+            a non-empty sequence of ints >= 0.
     """
 
     def __init__(
@@ -56,7 +63,7 @@ class PieceSampler:
         *,
         voices: Voices = "fill",
         min_notes: int = 0,
-        max_notes: int | None = None,
+        max_notes: int | Sequence[int] | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
         eval_samples: int = 4,
@@ -78,33 +85,73 @@ class PieceSampler:
         self.eval_samples, self.eval_tokens, self.seed = eval_samples, eval_tokens, seed
         self.slide = slide
         self.min_notes = 0 if voices == "grammar" else min_notes
-        self.max_notes = None if voices == "grammar" else max_notes
+        drawn = None if voices == "grammar" else _drawn_lengths(max_notes)
+        fixed: int | None = None  # the maximum of `rule`
+        if voices != "grammar" and drawn is None and max_notes is not None:
+            if (
+                isinstance(max_notes, bool)
+                or not isinstance(max_notes, int)
+                or max_notes < max(1, min_notes)
+            ):
+                raise ValueError(
+                    f"PieceSampler: max_notes must be None, an int >= max(1, min_notes) "
+                    f"(min_notes={min_notes}) or a sequence of ints >= 0, got {max_notes!r}"
+                )
+            fixed = max_notes
+        self.max_notes: int | tuple[int, ...] | None = fixed if drawn is None else drawn
+        """None, one maximum for every sample, or the note counts each sample draws one from."""
         self.rule = (
             tokenizer.allowed_next
             if voices == "grammar"
             else VoiceLeading(
-                tokenizer, fill=voices == "fill", min_notes=min_notes, max_notes=max_notes
+                tokenizer,
+                fill=voices == "fill",
+                min_notes=min_notes,
+                max_notes=fixed,
             )
         )
-        most = "" if self.max_notes is None else f"-{self.max_notes}"
+        if drawn is not None:
+            most = "-len" + hashlib.sha1(repr(drawn).encode()).hexdigest()[:6]
+        else:
+            most = "" if fixed is None else f"-{fixed}"
         self.rule_name = "grammar" if voices == "grammar" else f"{voices}{min_notes}{most}"
-        """Names the constraint in folder names: grammar, fill145, fill145-373, mono0, ..."""
+        """Names the constraint in folder names: grammar, fill145, fill145-373, fill145-len206302
+        (maxima drawn from the lengths whose hash is 206302: the chorales'), mono0, ..."""
 
     def ids(self, n: int, tokens: int, *, seed: int, stop: bool = True) -> Tensor:
-        """`n` rows of `<START>` and up to `tokens` more, (n, 1 + tokens'); `<END>` stops a row."""
+        """`n` rows of `<START>` and up to `tokens` more, (n, 1 + tokens'); `<END>` stops a row.
+
+        With `stop=False` nothing ends a row, and drawn maxima are not drawn (`rule` applies).
+        """
         tok = self.tokenizer
+        rule = (
+            self._drawn_rules(n, seed) if stop and isinstance(self.max_notes, tuple) else self.rule
+        )
         return generate(
             self.model,
             torch.full((n, 1), tok.start_id),
             tokens,
             temperature=self.temperature,
             top_k=self.top_k,
-            allowed_next=self.rule,
+            allowed_next=rule,
             stop_ids=[tok.end_id] if stop else (),
             pad_id=tok.pad_id,
             generator=torch.Generator().manual_seed(seed),
             slide=self.slide,
         )
+
+    def _drawn_rules(self, n: int, seed: int) -> list[VoiceLeading]:
+        """One `VoiceLeading` per row, each with a maximum drawn from `max_notes` by `seed`."""
+        assert isinstance(self.max_notes, tuple)
+        least = max(1, self.min_notes)
+        draws = np.random.default_rng(seed % 2**64).choice(np.array(self.max_notes), size=n)
+        caps = [max(least, int(d)) for d in draws]
+        fill = self.voices == "fill"
+        rules = {  # rows that draw the same maximum share a rule
+            most: VoiceLeading(self.tokenizer, fill=fill, min_notes=self.min_notes, max_notes=most)
+            for most in set(caps)
+        }
+        return [rules[most] for most in caps]
 
     def pieces(self, n: int, tokens: int, *, seed: int) -> list[Piece]:
         """`n` decoded samples; empty pieces stay in (the early stopping scores how many decode)."""
@@ -117,7 +164,8 @@ class PieceSampler:
         """One row of `tokens` tokens (no stop) and the seconds they took, after a warm-up.
 
         The first sampling call of a process pays one-time costs (allocations, kernel choice)
-        that are not the per-token cost being timed, so 32 tokens are drawn first.
+        that are not the per-token cost being timed, so 32 tokens are drawn first. A sampler
+        with drawn maxima (a sequence `max_notes`) times its rule without one.
         """
         self.ids(1, 32, seed=seed, stop=False)
         start = time.perf_counter()
@@ -125,17 +173,36 @@ class PieceSampler:
         return ids, time.perf_counter() - start
 
 
-def length_bounds(
-    pieces: Sequence[Piece], min_notes: int | None = None, max_notes: int | None = None
-) -> tuple[int, int | None]:
-    """`(min_notes, max_notes)` for a `PieceSampler` whose samples should end as `pieces` do.
-
-    None picks the 5th percentile of the pieces' note counts for `min_notes` and the 95th (at
-    least `min_notes`) for `max_notes`; `max_notes=0` means no maximum (None). Given values are
-    checked and returned.
+def _drawn_lengths(max_notes: object) -> tuple[int, ...] | None:
+    """`max_notes` as a tuple of note counts when it is a sequence (or array) of them, else None.
 
     Raises:
-        ValueError: if `pieces` is empty (and a percentile is asked for), `min_notes` is not
+        ValueError: if the sequence is empty or holds anything but ints >= 0.
+    """
+    if isinstance(max_notes, (str, bytes)) or not isinstance(max_notes, (Sequence, np.ndarray)):
+        return None
+    items = list(max_notes)
+    bad = [x for x in items if isinstance(x, bool) or not isinstance(x, Integral) or x < 0]
+    if not items or bad:
+        raise ValueError(
+            "PieceSampler: max_notes as a sequence must hold one or more ints >= 0, got "
+            + ("an empty sequence" if not items else f"{bad[0]!r} in it")
+        )
+    return tuple(int(x) for x in items)
+
+
+def length_bounds(
+    pieces: Sequence[Piece], min_notes: int | None = None, max_notes: int | None = None
+) -> tuple[int, int | tuple[int, ...] | None]:
+    """`(min_notes, max_notes)` for a `PieceSampler` whose samples should end as `pieces` do.
+
+    `min_notes=None` picks the 5th percentile of the pieces' note counts. `max_notes=None`
+    returns the note counts themselves, so that each sample draws its own maximum from them
+    (see `PieceSampler`); `max_notes=0` means no maximum (None). Given values are checked and
+    returned.
+
+    Raises:
+        ValueError: if `pieces` is empty (and its lengths are asked for), `min_notes` is not
             None or an int >= 0, or `max_notes` not None, 0 or an int >= max(1, min_notes).
     """
     if min_notes is not None and (
@@ -143,11 +210,11 @@ def length_bounds(
     ):
         raise ValueError(f"length_bounds: min_notes must be None or an int >= 0, got {min_notes!r}")
     if (min_notes is None or max_notes is None) and not pieces:
-        raise ValueError("length_bounds: pieces is empty, so there is no percentile to take")
-    lengths = [len(piece) for piece in pieces]
+        raise ValueError("length_bounds: pieces is empty, so there are no lengths to take")
+    lengths = tuple(len(piece) for piece in pieces)
     low = int(np.percentile(lengths, 5)) if min_notes is None else min_notes
     if max_notes is None:
-        return low, max(low, 1, int(np.percentile(lengths, 95)))
+        return low, lengths
     if (
         isinstance(max_notes, bool)
         or not isinstance(max_notes, int)
