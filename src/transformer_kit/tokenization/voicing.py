@@ -15,6 +15,7 @@ in a four-part chorale.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeGuard
 
 from transformer_kit.tokenization.events import NoteEvent  # noqa: F401  (used by the doctest)
 from transformer_kit.tokenization.music import MusicTokenizer
@@ -93,11 +94,7 @@ class VoiceLeading:
             )
         if isinstance(min_notes, bool) or not isinstance(min_notes, int) or min_notes < 0:
             raise ValueError(f"VoiceLeading: min_notes must be an int >= 0, got {min_notes!r}")
-        if max_notes is not None and (
-            isinstance(max_notes, bool)
-            or not isinstance(max_notes, int)
-            or max_notes < max(1, min_notes)
-        ):
+        if not self.valid_max_notes(max_notes, min_notes):
             raise ValueError(
                 f"VoiceLeading: max_notes must be None or an int >= max(1, min_notes)"
                 f" (min_notes={min_notes}), got {max_notes!r}"
@@ -123,6 +120,13 @@ class VoiceLeading:
         self._bar_id, self._rest_id = tokenizer.bar_id, tokenizer.rest_id
         # Scan state after each recent prefix, oldest first (dicts keep insertion order).
         self._states: dict[tuple[int, ...], _State] = {}
+
+    @staticmethod
+    def valid_max_notes(max_notes: object, min_notes: int) -> TypeGuard[int | None]:
+        """Whether `max_notes` may go with `min_notes`: None, or an int >= max(1, min_notes)."""
+        if isinstance(max_notes, bool) or not isinstance(max_notes, int):
+            return max_notes is None
+        return max_notes >= max(1, min_notes)
 
     def __call__(self, ids: Sequence[int]) -> list[int]:
         """The ids allowed after the prefix `ids` (`list[int]`, prompt included)."""

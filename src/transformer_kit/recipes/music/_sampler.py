@@ -87,12 +87,8 @@ class PieceSampler:
         self.min_notes = 0 if voices == "grammar" else min_notes
         drawn = None if voices == "grammar" else _drawn_lengths(max_notes)
         fixed: int | None = None  # the maximum of `rule`
-        if voices != "grammar" and drawn is None and max_notes is not None:
-            if (
-                isinstance(max_notes, bool)
-                or not isinstance(max_notes, int)
-                or max_notes < max(1, min_notes)
-            ):
+        if voices != "grammar" and drawn is None:
+            if not VoiceLeading.valid_max_notes(max_notes, min_notes):
                 raise ValueError(
                     f"PieceSampler: max_notes must be None, an int >= max(1, min_notes) "
                     f"(min_notes={min_notes}) or a sequence of ints >= 0, got {max_notes!r}"
@@ -104,10 +100,7 @@ class PieceSampler:
             tokenizer.allowed_next
             if voices == "grammar"
             else VoiceLeading(
-                tokenizer,
-                fill=voices == "fill",
-                min_notes=min_notes,
-                max_notes=fixed,
+                tokenizer, fill=voices == "fill", min_notes=min_notes, max_notes=fixed
             )
         )
         if drawn is not None:
@@ -215,13 +208,11 @@ def length_bounds(
     low = int(np.percentile(lengths, 5)) if min_notes is None else min_notes
     if max_notes is None:
         return low, lengths
-    if (
-        isinstance(max_notes, bool)
-        or not isinstance(max_notes, int)
-        or (max_notes != 0 and max_notes < max(1, low))
-    ):
+    if type(max_notes) is int and max_notes == 0:  # no maximum
+        return low, None
+    if not VoiceLeading.valid_max_notes(max_notes, low):
         raise ValueError(
             f"length_bounds: max_notes must be None, 0 (no maximum) or an int >= max(1, "
             f"min_notes) (min_notes={low}), got {max_notes!r}"
         )
-    return low, max_notes or None
+    return low, max_notes
