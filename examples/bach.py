@@ -4,7 +4,6 @@
     python examples/bach.py --out-dir runs/bach --resume              # continue from last.pt
     python examples/bach.py --midi-dir my_midi/ --out-dir runs/mine   # your own MIDI folder
     python examples/bach.py --out-dir runs/bach --evaluate last --temperature 0.8  # sample again
-    python examples/bach.py --out-dir runs/a --evaluate best --ensemble runs/b  # two models as one
 
 Needs the `music` extra. Writes metrics.jsonl, tb/, checkpoints/, loss.png, music.png, samples/
 and results.{md,json} into --out-dir; `--evaluate` writes into a new folder (docs/recipes.md).
@@ -34,9 +33,9 @@ NUMBERS = {  # flag: (type, default, help)
     "lr": (float, 1e-3, ""), "dropout": (float, 0.1, ""), "final_samples": (int, 32, ""),
     "budget_minutes": (float, None, "bound the run"), "max_steps": (int, None, "default: budget"),
     "evals": (int, 8, "evaluations during the run"), "patience": (int, 15, "evaluations"),
-    "ema": (float, None, "sample a moving average of the weights, e.g. 0.995"),
+    "ema": (float, None, "average the weights, e.g. 0.995"), "heavy_from": (int, 30, "epoch"),
     "eval_samples": (int, 4, "samples per evaluation"), "sample_tokens": (int, 1200, ""),
-    "sample_sets": (int, 1, "score this many sets of --final-samples (other seeds)"),
+    "sample_sets": (int, 1, "sets of --final-samples"), "max_shift": (int, 2, "semitones"),
     "temperature": (float, 1.0, ""), "top_k": (int, None, ""), "d_ff": (int, 1024, ""),
     "min_notes": (int, None, "no <END> before; default: 5th percentile of the pieces"),
     "max_notes": (int, None, "end at the first chance after; default: a random piece's, 0: none"),
@@ -60,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN_DIR",
                         help="with --evaluate: sample these runs and this one as one")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.resume or args.evaluate:  # the run's own settings; flags given here win
+        parser.set_defaults(**recipe.run_defaults(args.out_dir, evaluate=bool(args.evaluate)))
+        args = parser.parse_args(argv)
     for name, least in (("sample_sets", 1), ("eval_samples", 1), ("sample_tokens", 2)):
         if (value := getattr(args, name)) < least:
             parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
@@ -74,11 +76,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.evaluate is not None and not (out / "checkpoints").is_dir():
         raise SystemExit(f"--evaluate {args.evaluate}: no checkpoints/ in --out-dir {out}")
     out.mkdir(parents=True, exist_ok=True)
-    if (args.evaluate is not None or args.resume) and (out / "run.json").exists():
-        # The run's own shape and length; runs older than --voice-features had none.
-        trained = {"voice_features": False, **json.loads((out / "run.json").read_text())}
-        kept = (*recipe.RUN_SHAPE, "ema", "max_steps")
-        vars(args).update({key: value for key, value in trained.items() if key in kept})
     try:
         pieces = recipe.load_splits(args.midi_dir, cache_dir=args.cache_dir, seed=args.seed)
         bounds = recipe.length_bounds(pieces["train"], args.min_notes, args.max_notes)
@@ -113,8 +110,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.max_steps is None and args.budget_minutes is not None:  # 70% of it for steps
         args.max_steps = recipe.steps_for_budget(model, train, args.batch_size, args.budget_minutes)
     max_steps = args.max_steps = 3000 if args.max_steps is None else args.max_steps
-    tok.save(out / "tokenizer.json")
-    (out / "run.json").write_text(json.dumps(vars(args), default=str) + "\n")  # for --resume
     epoch_steps = len(streams["train"]) / (args.batch_size * args.block_size)
     print(f"{max_steps} steps = {max_steps / epoch_steps:.1f} epochs of the training tokens")
     config = TrainerConfig(
@@ -128,11 +123,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         loggers=[JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
                  ConsoleLogger(total_steps=max_steps, every=10)],
         checkpoints=CheckpointManager(out / "checkpoints", monitor="music_combined", mode="max"),
-        augment=recipe.pitch_stages(tok, rhythm=args.rhythm, seed=args.seed),
+        augment=recipe.pitch_stages(tok, rhythm=args.rhythm, seed=args.seed,
+                                    max_shift=args.max_shift, heavy_from=args.heavy_from),
         early_stopping=music.MusicalEarlyStopping(sampler, profile, patience=args.patience),
     )  # fmt: skip
-    if args.resume and not trainer.resume():
-        print("no checkpoint to resume from; starting fresh")
+    try:  # Trainer.resume refuses a flag that changes what a step is (batch size, lr, ...)
+        if args.resume and not trainer.resume():
+            print("no checkpoint to resume from; starting fresh")
+    except CheckpointError as error:
+        raise SystemExit(str(error)) from error
+    tok.save(out / "tokenizer.json")
+    (out / "run.json").write_text(json.dumps(vars(args), default=str) + "\n")  # for --resume
     start = time.perf_counter()
     final = trainer.fit()
     wall = round(time.perf_counter() - start, 1)

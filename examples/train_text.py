@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from transformer_kit import sampling
-from transformer_kit.checkpoint import CheckpointManager
+from transformer_kit.checkpoint import CheckpointError, CheckpointManager
 from transformer_kit.data import TokenDataset, read_text_file, stdlib_corpus, train_val_split
 from transformer_kit.distributed import init_distributed, shutdown_distributed
 from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
@@ -103,11 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     config = TrainerConfig(
         warmup_steps=min(100, args.max_steps // 10), **{k: getattr(args, k) for k in keys}
     )
-    loggers = [
-        JSONLLogger(out / "metrics.jsonl"),
-        TensorBoardLogger(out / "tb"),
-        ConsoleLogger(total_steps=args.max_steps, every=10),
-    ]
+    loggers = [JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
+               ConsoleLogger(total_steps=args.max_steps, every=10)]  # fmt: skip
     samples = SamplePrinter(tokenizer, out / "samples.txt", args.sample_tokens, args.seed)
     trainer = Trainer(
         model,
@@ -118,8 +115,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         checkpoints=CheckpointManager(out / "checkpoints"),
         callbacks=[samples],
     )
-    if args.resume and not trainer.resume():
-        say("no checkpoint to resume from; starting fresh")
+    try:  # Trainer.resume refuses a flag that changes what a step is (batch size, lr, ...)
+        if args.resume and not trainer.resume():
+            say("no checkpoint to resume from; starting fresh")
+    except CheckpointError as error:
+        raise SystemExit(str(error)) from error
     start = time.perf_counter()
     final = trainer.fit()
     wall = time.perf_counter() - start

@@ -54,6 +54,13 @@ def test_train_text_writes_everything_and_resumes_without_duplicate_steps(tmp_pa
     assert {r["step"] for r in records if "val_loss" in r} == {10, 20, 30}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["val_loss"] < 4.0
+    # Another learning rate would be silently replaced by the optimizer's saved one: refused,
+    # with a message and no traceback, and nothing in the run folder changes.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = run_example("--out-dir", str(out), "--resume", *TINY, "--lr", "0.01")
+    assert refused.returncode != 0 and "lr 0.002 -> 0.01" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     assert cli.main(["generate", str(out), "--prompt", "def ", "--max-new-tokens", "15"]) == 0
     assert capsys.readouterr().out.startswith("def ")
@@ -130,9 +137,20 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     assert [r["step"] for r in evaluations] == [3, 6]
     assert all("music_combined" in r and "music_out_of_key" in r for r in evaluations)
 
+    # A flag that changes what a step is stops the resume before anything is written.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = subprocess.run(
+        [sys.executable, script, "--out-dir", str(out), "--resume", "--batch-size", "2"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "batch_size 4 -> 2" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # The documented resume names the folder alone: the rest (the MIDI folder, the shape, the
+    # batch size, the weight average) comes from run.json.
     again = subprocess.run(
-        [sys.executable, script, *args, "--resume"], capture_output=True, text=True, timeout=600,
-        env=env,
+        [sys.executable, script, "--out-dir", str(out), "--resume"], capture_output=True,
+        text=True, timeout=600, env=env,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]

@@ -150,6 +150,27 @@ def test_save_and_load_restore_weights_optimizer_and_extra(group, tmp_path):
     assert_same(full(fresh), full(model))
 
 
+def test_a_check_that_refuses_leaves_the_model_and_optimizer_as_they_were(group, tmp_path):
+    model, optimizer = sharded_with_adam()
+    adam_step(model, optimizer, 0)
+    save_sharded(tmp_path / "ckpt", model, optimizer, extra={"step": 1})
+    fresh, fresh_optimizer = sharded_with_adam(seed=1)
+    before = full(fresh)
+    seen = []
+
+    def refuse(extra):
+        seen.append(dict(extra))
+        raise CheckpointError("not this run")
+
+    with pytest.raises(CheckpointError, match="not this run"):
+        load_sharded(tmp_path / "ckpt", fresh, fresh_optimizer, check=refuse)
+    assert seen == [{"step": 1}]
+    assert_same(full(fresh), before)
+    assert not fresh_optimizer.state
+    assert load_sharded(tmp_path / "ckpt", fresh, fresh_optimizer, check=seen.append) == {"step": 1}
+    assert_same(full(fresh), full(model))
+
+
 def test_saving_before_the_first_step_changes_nothing(group, tmp_path):
     # get_state_dict creates an empty optimizer's state with a zero-gradient step; left in
     # place, Adam's step count would be one ahead and every later update different.

@@ -135,6 +135,13 @@ def test_tensorboard_scalars_and_text_read_back(tmp_path):
     assert event.tensor_proto.string_val[0].decode() == "hello world"
 
 
+def test_tensorboard_writes_no_file_before_the_first_event(tmp_path):
+    logger = TensorBoardLogger(tmp_path / "tb")
+    logger.rewind(7)  # a resumed run that is refused before it logs anything
+    logger.close()
+    assert not (tmp_path / "tb").exists() or not any((tmp_path / "tb").iterdir())
+
+
 def test_jsonl_rewind_drops_later_steps_and_keeps_logging(tmp_path):
     path = tmp_path / "m.jsonl"
     with JSONLLogger(path) as logger:
@@ -154,12 +161,16 @@ def test_tensorboard_rewind_purges_events_after_the_step(tmp_path):
     for step in range(1, 6):
         logger.log({"loss": float(step)}, step=step)
     logger.rewind(3)
+    assert len(list((tmp_path / "tb").iterdir())) == 1  # no file until the next event
     logger.log({"loss": 40.0}, step=4)
+    logger.close()
+    assert len(list((tmp_path / "tb").iterdir())) == 2
+    logger.log({"loss": 50.0}, step=5)  # after close (a second fit, say): a third file, no purge
     logger.close()
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [
-        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)
     ]  # fmt: skip
 
 

@@ -62,7 +62,7 @@ PUBLIC = {
     "distributed": [
         "DistributedContext", "all_reduce_mean", "init_distributed", "shutdown_distributed",
     ],
-    "trainer": ["Batch", "Trainer", "TrainerConfig", "TrainingError"],
+    "trainer": ["RESUME_FIXED", "Batch", "Trainer", "TrainerConfig", "TrainingError"],
     "metrics": ["perplexity"],
     "metrics.music": [
         "KRUMHANSL_MAJOR", "KRUMHANSL_MINOR", "METRIC_NAMES", "MusicProfile",
@@ -74,8 +74,8 @@ PUBLIC = {
     "recipes.music": [
         "PieceSampler", "RUN_SHAPE", "SAMPLE_TOKENS", "Voices", "encode_pieces",
         "evaluate_checkpoint", "evaluate_music", "fit_tokenizer", "length_bounds", "load_run_model",
-        "load_splits", "music_gpt", "pitch_stages", "results_markdown", "steps_for_budget",
-        "token_nll", "write_results",
+        "load_splits", "music_gpt", "pitch_stages", "results_markdown", "run_defaults",
+        "steps_for_budget", "token_nll", "write_results",
     ],
     "cli": ["main"],
 }  # fmt: skip

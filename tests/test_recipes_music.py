@@ -176,6 +176,35 @@ def test_load_run_model_rebuilds_the_shape_and_prefers_the_weight_average(tmp_pa
         recipe.load_run_model(tmp_path / "plain", "best")
 
 
+def test_run_defaults_resume_everything_but_the_command_and_evaluate_the_shape(tmp_path):
+    assert recipe.run_defaults(tmp_path) == {}  # no run.json: nothing to go on with
+    saved = {
+        "out_dir": "runs/a", "cache_dir": "/c", "resume": False, "evaluate": None,
+        "ensemble": None, "midi_dir": "midi/", "d_model": 64, "block_size": 128,
+        "batch_size": 3, "temperature": 0.8, "max_steps": 90,
+    }  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    resumed = recipe.run_defaults(tmp_path)
+    assert resumed == {
+        "voice_features": False,  # a run older than the flag had none
+        "midi_dir": "midi/", "d_model": 64, "block_size": 128, "batch_size": 3,
+        "temperature": 0.8, "max_steps": 90,
+    }  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps({**saved, "seed": 7}))
+    evaluated = recipe.run_defaults(tmp_path, evaluate=True)
+    # The model's shape and the data split, so the held-out pieces are the run's; no sampler.
+    assert evaluated == {
+        "voice_features": False, "d_model": 64, "block_size": 128, "midi_dir": "midi/", "seed": 7
+    }  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps({**saved, "voice_features": True}))
+    assert recipe.run_defaults(tmp_path)["voice_features"] is True
+    for text, match in (("[1, 2]", "JSON object, got list"), ("{oops", "not valid JSON")):
+        (tmp_path / "run.json").write_text(text)
+        with pytest.raises(ValueError, match=match) as caught:
+            recipe.run_defaults(tmp_path)
+        assert "run.json" in str(caught.value)
+
+
 def test_piece_sampler_is_seeded_and_every_sample_decodes():
     tok = MusicTokenizer()
     torch.manual_seed(1)
@@ -299,6 +328,10 @@ def test_length_bounds_are_the_pieces_percentile_and_lengths_unless_given():
         ({"eval_samples": 0}, "eval_samples must be an int >= 1, got 0"),
         ({"eval_tokens": 2.5}, "eval_tokens must be an int >= 1, got 2.5"),
         ({"slide": "window"}, r"slide must be one of \('recompute', 'rolling'\), got 'window'"),
+        # min_notes is checked before max_notes needs it (a float once raised a TypeError).
+        ({"min_notes": 2.5, "max_notes": 9}, "min_notes must be an int >= 0, got 2.5"),
+        ({"min_notes": -1}, "min_notes must be an int >= 0, got -1"),
+        ({"min_notes": True}, "min_notes must be an int >= 0, got True"),
     ],
 )
 def test_piece_sampler_names_a_bad_argument(kwargs, match):
@@ -356,9 +389,35 @@ def test_pitch_stages_follow_the_seed_schedule():
     assert [(s.start_epoch, s.p) for s in stages] == [(0, 0.0), (10, 0.5), (30, 0.8)]
     assert stages[0].transform is None
     assert [type(s.transform) for s in stages[1:]] == [PitchShift, PitchShift]
+    assert stages[1].transform.semitones == (-1, 0, 1)
+    assert stages[2].transform.semitones == (-2, -1, 0, 1, 2)
     with_rhythm = recipe.pitch_stages(tok, rhythm=True).stages[2].transform
     assert isinstance(with_rhythm, Compose)
     assert [type(t) for t in with_rhythm.transforms] == [PitchShift, RhythmScale]
+    assert with_rhythm.transforms[0].semitones == (-2, -1, 0, 1, 2)
+
+
+def test_pitch_stages_widen_and_advance_the_last_stage():
+    tok = MusicTokenizer()
+    stages = recipe.pitch_stages(tok, max_shift=5, heavy_from=20, seed=3).stages
+    assert [(s.start_epoch, s.p) for s in stages] == [(0, 0.0), (10, 0.5), (20, 0.8)]
+    assert stages[1].transform.semitones == (-1, 0, 1)  # the light stage as the seed's
+    assert stages[2].transform.semitones == tuple(range(-5, 6))
+    wide = recipe.pitch_stages(tok, max_shift=5, heavy_from=20, seed=3)
+    ids = torch.tensor(tok.encode([NoteEvent(60, 1, 0.0, 1.0), NoteEvent(64, 1, 1.0, 1.0)]))
+    rows = ids.repeat(64, 1)
+    out, _ = wide(rows, rows.clone(), epoch=25)
+    note = ids[1].item()  # the first NOTE token
+    moved = {int(v) - note for v in out[:, 1]}
+    assert moved <= set(range(-5, 6)) and max(moved) >= 3 and min(moved) <= -3
+    for kwargs, match in (
+        ({"max_shift": 0}, "max_shift must be an int >= 1, got 0"),
+        ({"max_shift": 2.0}, "max_shift must be an int >= 1, got 2.0"),
+        ({"heavy_from": 10}, r"heavy_from must be an int > 10 \(the light stage's start"),
+        ({"heavy_from": True}, "heavy_from must be an int > 10"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            recipe.pitch_stages(tok, **kwargs)
 
 
 def test_evaluate_music_scores_samples_against_the_holdout(tmp_path):

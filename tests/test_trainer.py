@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import subprocess
@@ -18,7 +19,7 @@ from transformer_kit.data import TokenDataset
 from transformer_kit.early_stopping import EarlyStopping
 from transformer_kit.logging import JSONLLogger, read_metrics
 from transformer_kit.models import GPT, GPTConfig
-from transformer_kit.trainer import Trainer, TrainerConfig, TrainingError
+from transformer_kit.trainer import RESUME_FIXED, Trainer, TrainerConfig, TrainingError
 from transformer_kit.trainer._monitor import peak_flops
 
 HERE = Path(__file__).parent
@@ -385,6 +386,75 @@ def test_resume_refuses_a_different_model_config(tmp_path):
         trainer.resume()
 
 
+def test_resume_refuses_other_fixed_settings_and_loads_nothing(tmp_path):
+    make_trainer(tmp_path, max_steps=3, eval_every=3).fit()
+    saved = CheckpointManager(tmp_path / "checkpoints").load("last")["trainer_config"]
+    # Without the check, a new lr and betas would be silently replaced by the optimizer's saved
+    # ones, and a new batch size would silently take effect.
+    trainer = make_trainer(tmp_path, max_steps=6, lr=1e-3, betas=(0.8, 0.9), batch_size=2)
+    before = weights(trainer.model)
+    with pytest.raises(CheckpointError) as caught:
+        trainer.resume()
+    message = str(caught.value)
+    for text in ("batch_size 4 -> 2", "lr 0.003 -> 0.001", "betas [0.9, 0.95] -> (0.8, 0.9)"):
+        assert text in message
+    assert "strict=False" in message and "max_steps" not in message
+    assert trainer.step == 0
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items())
+    assert saved["lr"] == 3e-3 and saved["batch_size"] == 4
+
+
+def test_resume_not_strict_warns_and_keeps_the_optimizers_saved_lr(tmp_path, caplog):
+    make_trainer(tmp_path, max_steps=3, eval_every=3).fit()
+    trainer = make_trainer(tmp_path, max_steps=6, lr=1e-3, batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="transformer_kit"):
+        assert trainer.resume(strict=False) and trainer.step == 3
+    assert "lr 0.003 -> 0.001" in caplog.text and "batch_size 4 -> 2" in caplog.text
+    assert trainer.scheduler.base_lrs[0] == 3e-3  # the optimizer's state won, as documented
+    assert trainer.next_batch()[0].shape == (2, 16)  # the new batch size took effect
+
+
+def test_resume_may_extend_max_steps_and_change_where_it_runs(tmp_path):
+    make_trainer(tmp_path, max_steps=3, eval_every=3).fit()
+    longer = make_trainer(
+        tmp_path, max_steps=6, warmup_steps=3, min_lr_ratio=0.2, eval_every=2, time_limit_s=60.0,
+        ema_decay=0.9,  # a run may start keeping a weight average when resumed (averaging.md)
+    )  # fmt: skip
+    assert longer.resume() and longer.step == 3
+    longer.fit()
+    assert longer.step == 6 and longer.ema is not None and longer.ema.updates == 4
+
+
+def test_resume_of_a_checkpoint_without_a_trainer_config_checks_nothing(tmp_path, monkeypatch):
+    make_trainer(tmp_path, max_steps=3, eval_every=3).fit()
+    trainer = make_trainer(tmp_path, max_steps=6, lr=1e-3)
+    load = trainer.checkpoints.load_latest_good
+
+    def older():  # a checkpoint written before trainer configs were saved
+        name, state = load()
+        return name, {k: v for k, v in state.items() if k != "trainer_config"}
+
+    monkeypatch.setattr(trainer.checkpoints, "load_latest_good", older)
+    assert trainer.resume() and trainer.step == 3
+
+
+@pytest.mark.parametrize("name", RESUME_FIXED)
+def test_resume_changes_names_each_fixed_setting(name):
+    base = TrainerConfig(grad_clip=1.0)
+    other = {
+        "batch_size": 7, "grad_accum_steps": 2, "lr": 1e-2, "optimizer": "adafactor",
+        "weight_decay": 0.0, "betas": (0.8, 0.9),
+        "grad_clip": None, "eval_batches": 3, "seed": 9,
+    }  # fmt: skip
+    assert set(other) == set(RESUME_FIXED)
+    saved = {k: list(v) if isinstance(v, tuple) else v for k, v in base.to_dict().items()}
+    changed = dataclasses.replace(base, **{name: other[name]})
+    assert base.resume_changes(saved) == {}
+    assert changed.resume_changes(saved) == {name: (saved[name], other[name])}
+    del saved[name]  # an older checkpoint without it: not compared
+    assert changed.resume_changes(saved) == {}
+
+
 # --------------------------------------------------------------------------- real processes
 def run_child(out: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
@@ -663,3 +733,14 @@ def test_peak_flops_reads_the_board_from_the_device_name(
     expected = None if tflops is None else tflops * 1e12
     assert peak_flops(torch.device("cuda")) == expected
     assert peak_flops(torch.device("cpu")) is None
+
+
+def test_trainer_docstring_examples_run():
+    import doctest
+
+    from transformer_kit import trainer as trainer_package
+    from transformer_kit.trainer import config as config_module
+
+    for module in (trainer_package, config_module):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -187,6 +187,8 @@ def load_sharded(
     directory: str | os.PathLike[str],
     model: nn.Module,
     optimizer: Optimizer | None,
+    *,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Load a `save_sharded` checkpoint into `model` (and `optimizer`) in place.
 
@@ -197,6 +199,8 @@ def load_sharded(
         directory: a directory written by `save_sharded`.
         model: the model, sharded as when it was saved (or plain, for a single process).
         optimizer: its optimizer, or None to load the weights alone.
+        check: called with the `extra` state before anything is loaded; an exception it
+            raises propagates and leaves `model` and `optimizer` as they were.
 
     Returns:
         The `extra` state saved with it (an empty dict when none was), on every rank.
@@ -212,6 +216,8 @@ def load_sharded(
     saved: dict[str, Any] = {"extra": {}, "optimizer_was_empty": False}  # a foreign DCP dir
     if extra_path.exists():
         saved = torch.load(extra_path, map_location="cpu", weights_only=True)
+    if check is not None:
+        check(saved["extra"])
     was_empty = optimizer is not None and not optimizer.state
     try:
         state = _collect_state(model, optimizer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 __all__ = ["TensorBoardLogger"]
 
@@ -27,26 +28,40 @@ class TensorBoardLogger:
 
         self.log_dir = Path(log_dir)
         self._writer_class = SummaryWriter
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        # Opened at the first event, so that a run that stops before logging (a refused resume,
+        # say) leaves no empty event file behind.
+        self._writer: Any = None
+        self._purge_step: int | None = None
+
+    def _open(self) -> Any:
+        if self._writer is None:
+            self._writer = self._writer_class(
+                log_dir=str(self.log_dir), purge_step=self._purge_step
+            )
+            self._purge_step = None  # one purge per rewind: a later file must not hide events
+        return self._writer
 
     def rewind(self, step: int) -> None:
         """Hide events after ``step`` from TensorBoard (a resumed run logs them again).
 
-        Reopens the writer with ``purge_step=step + 1``, TensorBoard's own mechanism for
-        discarding events of a crashed run at or after that step.
+        The next event opens a writer with ``purge_step=step + 1``, TensorBoard's own mechanism
+        for discarding events of a crashed run at or after that step.
         """
-        self._writer.close()
-        self._writer = self._writer_class(log_dir=str(self.log_dir), purge_step=step + 1)
+        self.close()
+        self._purge_step = step + 1
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Add one scalar per metric at ``step``."""
+        writer = self._open()
         for key, value in metrics.items():
-            self._writer.add_scalar(key, float(value), global_step=step)
+            writer.add_scalar(key, float(value), global_step=step)
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         """Add a text entry (rendered as Markdown by TensorBoard)."""
-        self._writer.add_text(tag, text, global_step=step)
+        self._open().add_text(tag, text, global_step=step)
 
     def close(self) -> None:
-        """Flush and close the event file."""
-        self._writer.close()
+        """Flush and close the event file; a later event opens a new one."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -10,7 +10,7 @@ by a small overridable method (`configure_optimizer`, `configure_scheduler`, `tr
 
 from __future__ import annotations
 
-from transformer_kit.trainer.config import TrainerConfig
+from transformer_kit.trainer.config import RESUME_FIXED, TrainerConfig
 from transformer_kit.trainer.loop import Batch, Trainer, TrainingError
 
-__all__ = ["Batch", "Trainer", "TrainerConfig", "TrainingError"]
+__all__ = ["RESUME_FIXED", "Batch", "Trainer", "TrainerConfig", "TrainingError"]

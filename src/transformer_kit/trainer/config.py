@@ -8,15 +8,38 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from transformer_kit.optim import OptimizerName
 
-__all__ = ["CheckpointErrorPolicy", "Precision", "TrainerConfig"]
+__all__ = ["RESUME_FIXED", "CheckpointErrorPolicy", "Precision", "TrainerConfig"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 CheckpointErrorPolicy = Literal["raise", "continue"]
+
+RESUME_FIXED = (
+    "batch_size",
+    "grad_accum_steps",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "betas",
+    "grad_clip",
+    "eval_batches",
+    "seed",
+)
+"""The settings a resumed run shares with its checkpoint (`Trainer.resume` checks them).
+
+They fix what a step is: its batch, its update, its evaluation. `lr`, `betas`, `weight_decay`
+(in the optimizer's saved state) and `seed` (in the data position's) are restored by a resume,
+so a new value there would be silently ignored. The schedule's length and shape (`max_steps`,
+`warmup_steps`, `min_lr_ratio`) may change: it is computed from them at every step, so a run
+can be extended, its decay stretched from where it stands. So may everything about where and
+how the run goes (device, precision, compile, logging, checkpointing, time limit, spike
+rollback), and `ema_decay` (a run may start keeping an average when resumed).
+"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,3 +183,29 @@ class TrainerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def resume_changes(self, saved: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The `RESUME_FIXED` settings on which this config differs from `saved`.
+
+        Args:
+            saved: a checkpoint's ``"trainer_config"`` (`to_dict`, tuples stored as lists
+                compare equal to tuples). Settings it lacks are not compared.
+
+        Returns:
+            ``{name: (saved value, this config's value)}``, empty when they agree.
+
+        Example:
+            >>> old = TrainerConfig(lr=1e-3).to_dict()
+            >>> TrainerConfig(lr=3e-4, max_steps=5000).resume_changes(old)
+            {'lr': (0.001, 0.0003)}
+        """
+
+        def plain(value: Any) -> Any:  # a checkpoint holds tuples as lists
+            return list(value) if isinstance(value, tuple) else value
+
+        own = self.to_dict()
+        return {
+            name: (saved[name], own[name])
+            for name in RESUME_FIXED
+            if name in saved and plain(saved[name]) != plain(own[name])
+        }

@@ -439,9 +439,7 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any], *, restore_data: bool = True) -> None:
         """Restore a state from `state_dict`; `restore_data=False` keeps the current data
         position and RNG (used by spike rollback, so the offending batches are skipped)."""
-        model_config = _model_config(self.model)
-        if state.get("config") is not None and model_config is not None:
-            check_config(state["config"], model_config)
+        self._check_model_config(state)
         saved_world = state.get("trainer", {}).get("world_size", 1)
         if restore_data and saved_world != self.context.world_size:
             raise CheckpointError(
@@ -474,6 +472,11 @@ class Trainer:
         if self.augment is not None and state.get("augment") is not None:
             self.augment.load_state_dict(state["augment"])  # type: ignore[attr-defined]
 
+    def _check_model_config(self, state: Mapping[str, Any]) -> None:
+        model_config = _model_config(self.model)
+        if state.get("config") is not None and model_config is not None:
+            check_config(state["config"], model_config)
+
     def save_checkpoint(self, metrics: Mapping[str, float] | None = None) -> list[Any]:
         """Write `last` (and `best`/periodic ones as the manager decides) from rank 0.
 
@@ -496,21 +499,35 @@ class Trainer:
         self._notify("on_checkpoint", paths)
         return paths
 
-    def resume(self) -> bool:
-        """Continue from the newest checkpoint that verifies; False when there is none."""
+    def resume(self, *, strict: bool = True) -> bool:
+        """Continue from the newest checkpoint that verifies; False when there is none.
+
+        Args:
+            strict: refuse, with a `CheckpointError` naming each one, a checkpoint written
+                under other `RESUME_FIXED` settings than this trainer's config (nothing is
+                loaded then). False logs them as a warning and goes on: the checkpoint's lr,
+                betas, weight decay (in the optimizer's state) and seed (in the data
+                position's) are kept, and the other settings take this config's values.
+        """
         if self.checkpoints is None:
             raise ValueError("Trainer.resume needs a CheckpointManager (pass checkpoints=...)")
         if self.config.fsdp:
+            name = "sharded-last"
+
+            def check(extra: Mapping[str, Any]) -> None:  # before the shards load in place
+                self._check_resume(extra, name, strict)
+
             try:
-                state = load_sharded(self._sharded_folder(), self.model, self.optimizer)
+                folder = self._sharded_folder()
+                state = load_sharded(folder, self.model, self.optimizer, check=check)
             except FileNotFoundError:
                 return False
-            name = "sharded-last"
         else:
             found = self.checkpoints.load_latest_good()
             if found is None:
                 return False
             name, state = found
+            self._check_resume(state, name, strict)
         self.load_state_dict(state)
         for logger in self.logger.loggers:
             rewind = getattr(logger, "rewind", None)
@@ -518,6 +535,22 @@ class Trainer:
                 rewind(self.step)
         _log.info("resumed from %s at step %d", name, self.step)
         return True
+
+    def _check_resume(self, state: Mapping[str, Any], name: str, strict: bool) -> None:
+        """Refuse (or with strict=False, report) a checkpoint of another model or run."""
+        self._check_model_config(state)  # the model first: no other setting matters without it
+        changes = self.config.resume_changes(state.get("trainer_config") or {})
+        if not changes:
+            return
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        text = f"checkpoint {name!r} was written with other settings: {listed}"
+        if strict:
+            raise CheckpointError(
+                f"Trainer.resume: {text}; resume with the run's own settings, or pass "
+                "strict=False to go on with these (the checkpoint's lr, betas, weight decay "
+                "and seed are kept)"
+            )
+        _log.warning("%s; going on with this config (strict=False)", text)
 
     def _sharded_folder(self) -> Path:
         assert self.checkpoints is not None

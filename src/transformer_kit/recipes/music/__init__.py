@@ -28,6 +28,7 @@ from transformer_kit.recipes.music._run import (
     load_splits,
     music_gpt,
     pitch_stages,
+    run_defaults,
     steps_for_budget,
 )
 from transformer_kit.recipes.music._sampler import PieceSampler, Voices, length_bounds
@@ -48,6 +49,7 @@ __all__ = [
     "music_gpt",
     "pitch_stages",
     "results_markdown",
+    "run_defaults",
     "steps_for_budget",
     "token_nll",
     "write_results",
