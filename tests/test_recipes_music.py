@@ -328,7 +328,7 @@ def test_length_bounds_are_the_pieces_percentile_and_lengths_unless_given():
         ({"eval_samples": 0}, "eval_samples must be an int >= 1, got 0"),
         ({"eval_tokens": 2.5}, "eval_tokens must be an int >= 1, got 2.5"),
         ({"slide": "window"}, r"slide must be one of \('recompute', 'rolling'\), got 'window'"),
-        # min_notes is checked before max_notes needs it (a float once raised a TypeError).
+        # A bad min_notes gets its own error, whatever max_notes is.
         ({"min_notes": 2.5, "max_notes": 9}, "min_notes must be an int >= 0, got 2.5"),
         ({"min_notes": -1}, "min_notes must be an int >= 0, got -1"),
         ({"min_notes": True}, "min_notes must be an int >= 0, got True"),

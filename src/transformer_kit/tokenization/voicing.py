@@ -123,10 +123,13 @@ class VoiceLeading:
 
     @staticmethod
     def valid_max_notes(max_notes: object, min_notes: int) -> TypeGuard[int | None]:
-        """Whether `max_notes` may go with `min_notes`: None, or an int >= max(1, min_notes)."""
+        """Whether `max_notes` may go with `min_notes`: None, or an int >= max(1, min_notes).
+
+        A `min_notes` that is not an int is left to its own check: only `max_notes` is judged.
+        """
         if isinstance(max_notes, bool) or not isinstance(max_notes, int):
             return max_notes is None
-        return max_notes >= max(1, min_notes)
+        return not isinstance(min_notes, int) or max_notes >= max(1, min_notes)
 
     def __call__(self, ids: Sequence[int]) -> list[int]:
         """The ids allowed after the prefix `ids` (`list[int]`, prompt included)."""

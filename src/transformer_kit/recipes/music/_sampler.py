@@ -52,9 +52,9 @@ class PieceSampler:
 
     Raises:
         ValueError: if `voices` is not one of `Voices`, `slide` not one of `Slide`, a count
-            is not a positive int, `min_notes` not an int >= 0 (unless `voices` is
-            "grammar", which ignores it), or `max_notes` is not None, an int >= max(1,
-            min_notes) or a non-empty sequence of ints >= 0.
+            is not a positive int, `min_notes` not an int >= 0 (`VoiceLeading`'s check;
+            "grammar" ignores it), or `max_notes` is not None, an int >= max(1, min_notes) or
+            a non-empty sequence of ints >= 0.
     """
 
     def __init__(
@@ -79,10 +79,6 @@ class PieceSampler:
         for name, count in (("eval_samples", eval_samples), ("eval_tokens", eval_tokens)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"PieceSampler: {name} must be an int >= 1, got {count!r}")
-        if voices != "grammar" and (
-            isinstance(min_notes, bool) or not isinstance(min_notes, int) or min_notes < 0
-        ):
-            raise ValueError(f"PieceSampler: min_notes must be an int >= 0, got {min_notes!r}")
         if slide not in get_args(Slide):
             raise ValueError(f"PieceSampler: slide must be one of {get_args(Slide)}, got {slide!r}")
         self.model, self.tokenizer = model, tokenizer
