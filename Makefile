@@ -20,11 +20,19 @@ $(STAMP): pyproject.toml
 
 # The main job: a GPT on the Bach chorales (music21's corpus, parsed once and cached), bounded
 # to a few minutes of training, then samples as MIDI/MusicXML, plots and a results table.
+# Each is a new run: an earlier one in the same folder is moved aside, never written over (the
+# examples refuse a new run into a folder that holds checkpoints; --resume continues one).
 run: $(STAMP)
+	@$(call keep_earlier,runs/bach)
 	$(BIN)/python examples/bach.py --out-dir runs/bach --budget-minutes 4
 
 run-text: $(STAMP)
+	@$(call keep_earlier,runs/text)
 	$(BIN)/python examples/train_text.py --out-dir runs/text
+
+keep_earlier = if [ -e $(1) ]; then base=$(1)-$$(date +%Y%m%d-%H%M%S); kept=$$base; n=1; \
+	while [ -e "$$kept" ]; do kept=$$base-$$n; n=$$((n + 1)); done; \
+	mv -- $(1) "$$kept" && echo "moved the earlier run $(1) to $$kept"; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     out = args.out_dir
     if args.evaluate is not None and not (out / "checkpoints").is_dir():
         raise SystemExit(f"--evaluate {args.evaluate}: no checkpoints/ in --out-dir {out}")
+    if not (args.resume or args.evaluate) and out.is_dir() and any(out.iterdir()):
+        raise SystemExit(f"--out-dir {out} holds an earlier run: --resume continues it")
     out.mkdir(parents=True, exist_ok=True)
     try:
         pieces = recipe.load_splits(args.midi_dir, cache_dir=args.cache_dir, seed=args.seed)
@@ -86,11 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print({name: f"{len(pieces[name])} pieces, {len(s):,} tokens" for name, s in streams.items()})
     args.min_notes, max_notes = bounds  # default: 5th percentile; maxima drawn from the lengths
     profile = music.MusicProfile.from_pieces(pieces["train"])
-    evaluation = dict(
-        streams=streams, holdout=pieces["val"] + pieces["test"], profile=profile,
-        block_size=args.block_size, batch_size=args.batch_size, samples=args.final_samples,
-        tokens=args.sample_tokens, sets=args.sample_sets, seed=args.seed,
-    )  # fmt: skip
+    evaluation = dict(streams=streams, holdout=pieces["val"] + pieces["test"], profile=profile,
+        block_size=args.block_size, batch_size=args.batch_size, seed=args.seed,
+        samples=args.final_samples, tokens=args.sample_tokens, sets=args.sample_sets)  # fmt: skip
     torch.manual_seed(args.seed)
     model = recipe.music_gpt(tok, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
     sampler = recipe.PieceSampler(  # what MusicalEarlyStopping and the final samples draw

@@ -79,9 +79,11 @@ class SamplePrinter:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    out = args.out_dir  # checked on every rank before any rank can write (rendezvous below)
+    if not args.resume and out.is_dir() and any(out.iterdir()):
+        raise SystemExit(f"--out-dir {out} holds an earlier run: --resume continues it")
     context = init_distributed(args.device)  # world size 1 unless launched by torchrun
     say = print if context.is_main else (lambda *a, **k: None)
-    out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     text = read_text_file(args.data) if args.data else stdlib_corpus(max_bytes=args.corpus_bytes)
     tokenizer_path = out / "tokenizer.json"
@@ -89,8 +91,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         tokenizer = CharTokenizer.load(tokenizer_path)  # the ids must not change on resume
     else:
         tokenizer = CharTokenizer.fit(text, min_count=20)  # rare characters become <UNK>
-        if context.is_main:
-            tokenizer.save(tokenizer_path)
     tokens = tokenizer.encode_array(text)
     train_ids, val_ids = train_val_split(tokens, val_fraction=0.1)
     say(f"corpus: {len(text):,} chars, vocab {len(tokenizer.vocab)}, {tokenizer.unknown_count} unk")
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             say("no checkpoint to resume from; starting fresh")
     except CheckpointError as error:
         raise SystemExit(str(error)) from error
+    if context.is_main and not tokenizer_path.exists():  # not before a refused resume
+        tokenizer.save(tokenizer_path)
     start = time.perf_counter()
     final = trainer.fit()
     wall = time.perf_counter() - start

@@ -61,6 +61,14 @@ def test_train_text_writes_everything_and_resumes_without_duplicate_steps(tmp_pa
     assert refused.returncode != 0 and "lr 0.002 -> 0.01" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # Without --resume, a new run would write over this one (its last.pt, its tokenizer for
+    # another corpus): refused before anything is written, not even the same bytes again.
+    stamps = {p: p.stat().st_mtime_ns for p in before}
+    fresh = run_example("--out-dir", str(out), *TINY[2:], "--corpus-bytes", "30000")
+    assert fresh.returncode != 0 and "holds an earlier run: --resume" in fresh.stderr
+    assert "Traceback" not in fresh.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert {p: p.stat().st_mtime_ns for p in before} == stamps
 
     assert cli.main(["generate", str(out), "--prompt", "def ", "--max-new-tokens", "15"]) == 0
     assert capsys.readouterr().out.startswith("def ")
@@ -146,6 +154,16 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     assert refused.returncode != 0 and "batch_size 4 -> 2" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # So does a new run (no --resume) into the folder: run.json and tokenizer.json included.
+    stamps = {p: p.stat().st_mtime_ns for p in before}
+    fresh = subprocess.run(
+        [sys.executable, script, *args, "--max-steps", "2"], capture_output=True, text=True,
+        timeout=600, env=env,
+    )  # fmt: skip
+    assert fresh.returncode != 0 and "holds an earlier run: --resume" in fresh.stderr
+    assert "Traceback" not in fresh.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert {p: p.stat().st_mtime_ns for p in before} == stamps
     # The documented resume names the folder alone: the rest (the MIDI folder, the shape, the
     # batch size, the weight average) comes from run.json.
     again = subprocess.run(

@@ -404,6 +404,126 @@ def test_resume_refuses_other_fixed_settings_and_loads_nothing(tmp_path):
     assert saved["lr"] == 3e-3 and saved["batch_size"] == 4
 
 
+def test_resume_refuses_to_start_fresh_over_checkpoints_it_cannot_read(tmp_path):
+    make_trainer(tmp_path, max_steps=4, eval_every=2).fit()
+    folder = tmp_path / "checkpoints"
+    assert sorted(f.name for f in folder.glob("*.pt")) == ["best.pt", "last.pt"]
+    for name in ("best.pt", "last.pt"):  # every listed checkpoint fails its checksum
+        data = bytearray((folder / name).read_bytes())
+        data[-1] ^= 0xFF
+        (folder / name).write_bytes(bytes(data))
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    refused = r"holds the checkpoints \['best.pt', 'last.pt'\], but none of them"
+    trainer = make_trainer(tmp_path, max_steps=4, eval_every=2)
+    with pytest.raises(CheckpointError, match=refused):
+        trainer.resume()
+    assert trainer.step == 0
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    # Without manifest.json nothing is listed, and the files are still not written over.
+    (folder / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match=refused):
+        make_trainer(tmp_path, max_steps=4, eval_every=2).resume()
+    # One good checkpoint is enough: last, then periodic ones newest first, then best.
+    make_trainer(tmp_path / "two", max_steps=4, eval_every=2).fit()
+    manager = CheckpointManager(tmp_path / "two" / "checkpoints")
+    (tmp_path / "two" / "checkpoints" / "last.pt").write_bytes(b"torn")
+    again = make_trainer(tmp_path / "two", max_steps=4, eval_every=2)
+    assert again.resume() and again.step == manager.best_step
+
+
+@pytest.mark.parametrize("left", ["sharded-last", "sharded-last.old"])
+def test_resume_without_fsdp_refuses_a_folder_that_holds_only_shards(tmp_path, left):
+    # sharded-last.old alone is what a crash between save_sharded's two renames leaves.
+    (tmp_path / "checkpoints" / left).mkdir(parents=True)
+    trainer = make_trainer(tmp_path)
+    with pytest.raises(CheckpointError, match=f"holds only the sharded {left}/, written with"):
+        trainer.resume()
+    assert make_trainer(tmp_path / "empty").resume() is False
+
+
+def test_resume_with_fsdp_refuses_whole_checkpoints_and_a_broken_shard_folder(
+    tmp_path, monkeypatch
+):
+    import torch.distributed as dist
+
+    from transformer_kit.distributed import DistributedContext, shutdown_distributed
+    from transformer_kit.trainer import loop
+
+    make_trainer(tmp_path, max_steps=2, eval_every=2).fit()
+    (tmp_path / "broken" / "checkpoints" / "sharded-last").mkdir(parents=True)  # no .metadata
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        # One real rank; the context only has to say "distributed" for fsdp=True to be allowed.
+        monkeypatch.setattr(loop, "init_distributed", lambda device: DistributedContext(0, 1, 0))
+        monkeypatch.setattr(DistributedContext, "enabled", property(lambda self: True))
+        with pytest.raises(CheckpointError, match=r"holds only whole-model checkpoints \['best"):
+            make_trainer(tmp_path, fsdp=True).resume()
+        with pytest.raises(CheckpointError, match="holds sharded-last/ but no sharded checkpoint"):
+            make_trainer(tmp_path / "broken", fsdp=True).resume()
+        assert make_trainer(tmp_path / "empty", fsdp=True).resume() is False
+    finally:
+        shutdown_distributed()
+
+
+def test_a_new_run_into_a_folder_with_checkpoints_is_refused_before_writing(tmp_path):
+    make_trainer(tmp_path, max_steps=4, eval_every=2).fit()
+    folder = tmp_path / "checkpoints"
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    # Without the check this run would write its last.pt over the first run's and keep that
+    # run's best.pt (the manifest's best metric), which restore_best would then load.
+    fresh = make_trainer(tmp_path, max_steps=2, eval_every=1, restore_best=True, seed=5)
+    untouched = weights(fresh.model)
+    with pytest.raises(
+        CheckpointError, match=r"already holds the checkpoints \['best.pt', 'last.pt'\]"
+    ):
+        fresh.fit()
+    assert fresh.step == 0 and {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in untouched.items())
+    (tmp_path / "shards" / "checkpoints" / "sharded-last").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"holds the checkpoints \['sharded-last/'\]"):
+        make_trainer(tmp_path / "shards").check_fresh_start()
+    resumed = make_trainer(tmp_path, max_steps=6, eval_every=2)
+    assert resumed.resume()
+    resumed.check_fresh_start()  # a resumed run continues in its own folder
+    assert resumed.fit()["step"] == 6
+    make_trainer(tmp_path / "empty", max_steps=1, eval_every=1).fit()  # an empty folder is fine
+
+
+class _StopAtStart:
+    def on_train_start(self, trainer: Trainer) -> bool:
+        return True
+
+
+def test_a_run_that_continues_is_never_refused_even_at_step_0(tmp_path):
+    # A callback that stops at once leaves a step-0 checkpoint: the same trainer fits again,
+    # and a new one resumes it and fits on.
+    first = make_trainer(tmp_path / "a", max_steps=2, eval_every=1, callbacks=[_StopAtStart()])
+    first.fit()
+    assert first.step == 0 and first.checkpoints.last_step == 0
+    first.callbacks, first.stop_requested = [], False
+    assert first.fit()["step"] == 2
+    again = make_trainer(tmp_path / "b", max_steps=2, eval_every=1, callbacks=[_StopAtStart()])
+    again.fit()
+    later = make_trainer(tmp_path / "b", max_steps=2, eval_every=1)
+    assert later.resume() and later.step == 0
+    assert later.fit()["step"] == 2
+    # Initial weights saved by hand before fit() belong to this run too.
+    kept = make_trainer(tmp_path / "c", max_steps=2, eval_every=1)
+    kept.save_checkpoint()
+    assert kept.fit()["step"] == 2
+
+
+def test_resume_without_a_checkpoint_rewinds_the_logs_of_a_run_that_died_before_one(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    JSONLLogger(log).log({"loss": 3.0}, 1)  # steps logged by a run killed before it saved
+    trainer = make_trainer(tmp_path, max_steps=2, eval_every=2, loggers=[JSONLLogger(log)])
+    assert trainer.resume() is False
+    assert read_metrics(log) == []
+    trainer.fit()
+    assert [r["step"] for r in read_metrics(log) if "loss" in r] == [1, 2]
+
+
 def test_resume_not_strict_warns_and_keeps_the_optimizers_saved_lr(tmp_path, caplog):
     make_trainer(tmp_path, max_steps=3, eval_every=3).fit()
     trainer = make_trainer(tmp_path, max_steps=6, lr=1e-3, batch_size=2)
@@ -592,6 +712,12 @@ def test_fsdp_two_processes_stop_resume_and_match_a_single_process(tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
     steps = sorted(losses(tmp_path / "sharded" / "metrics.jsonl"))
     assert steps == [1, 2, 3, 4]
+    # Whole and sharded checkpoints do not convert: a resume in the other format is refused
+    # rather than starting a new run beside the old one.
+    whole = run_child(tmp_path / "one", *common, "--resume", nproc=2)
+    assert whole.returncode != 0 and "written with fsdp=False" in whole.stderr
+    shards = run_child(tmp_path / "sharded", *common[:-1], "--resume")
+    assert shards.returncode != 0 and "written with fsdp=True" in shards.stderr
 
 
 def test_fsdp_needs_several_processes():

@@ -133,6 +133,9 @@ class Trainer:
         self.loss_mean: float | None = None
         self.best_metrics: dict[str, float] = {}
         self.stop_requested = False
+        # Whether this trainer continues the run in its checkpoint folder: set by resume(),
+        # load_state_dict(), a checkpoint saved, or a fit() that passed check_fresh_start().
+        self._continues = False
         self._tokens_per_s = 0.0
         # The module that runs forward passes: DDP and/or compile wrap the plain model.
         self._forward: nn.Module = self._wrap_model()
@@ -215,11 +218,16 @@ class Trainer:
 
         Returns:
             The last evaluation's metrics (plus `step`).
+
+        Raises:
+            CheckpointError: from `check_fresh_start`, before anything is written.
         """
         cfg = self.config
         if self._uses_ddp and self._forward is self.model:  # a second fit(): wrap again
             self._forward = self._wrap_model()
         try:
+            self.check_fresh_start()
+            self._continues = True
             last_eval = self._fit_loop()
         finally:
             # Even when the run fails: loggers flush what they buffer (TensorBoard holds events).
@@ -459,6 +467,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self._continues = True
         trainer_state = state.get("trainer", {})
         self.bad_steps = int(trainer_state.get("bad_steps", 0))
         self.loss_mean = trainer_state.get("loss_mean")
@@ -496,11 +505,17 @@ class Trainer:
                 raise
             _log.exception("checkpoint at step %d failed; the previous one is intact", self.step)
             return []
+        self._continues = True
         self._notify("on_checkpoint", paths)
         return paths
 
     def resume(self, *, strict: bool = True) -> bool:
         """Continue from the newest checkpoint that verifies; False when there is none.
+
+        False means a fresh start, so it is returned only when the checkpoint folder holds no
+        checkpoint file of either format: a run that would start beside or over checkpoints
+        it cannot read is refused instead. The loggers are rewound as to the step resumed:
+        to 0 on False, so records of a run that died before its first checkpoint go.
 
         Args:
             strict: refuse, with a `CheckpointError` naming each one, a checkpoint written
@@ -508,9 +523,17 @@ class Trainer:
                 loaded then). False logs them as a warning and goes on: the checkpoint's lr,
                 betas, weight decay (in the optimizer's state) and seed (in the data
                 position's) are kept, and the other settings take this config's values.
+
+        Raises:
+            CheckpointError: the checkpoint belongs to another model or (with `strict`) to a
+                run with other `RESUME_FIXED` settings; the folder holds only checkpoints of
+                the other `fsdp` format (sharded against whole, which do not convert); or it
+                holds checkpoints of this format and none of them loads.
         """
         if self.checkpoints is None:
             raise ValueError("Trainer.resume needs a CheckpointManager (pass checkpoints=...)")
+        directory, folder = Path(self.checkpoints.directory), self._sharded_folder()
+        whole, sharded = self._checkpoint_files()
         if self.config.fsdp:
             name = "sharded-last"
 
@@ -518,23 +541,88 @@ class Trainer:
                 self._check_resume(extra, name, strict)
 
             try:
-                folder = self._sharded_folder()
                 state = load_sharded(folder, self.model, self.optimizer, check=check)
             except FileNotFoundError:
+                if sharded:
+                    raise CheckpointError(
+                        f"Trainer.resume: {directory} holds {', '.join(sharded)} but no "
+                        "sharded checkpoint in it loads (its .metadata file is missing); "
+                        "starting fresh would overwrite it, so move it away to start a new run"
+                    ) from None
+                if whole:
+                    raise CheckpointError(
+                        f"Trainer.resume: fsdp=True reads the sharded checkpoint {folder}, but "
+                        f"{directory} holds only whole-model checkpoints {whole}, written with "
+                        "fsdp=False; resume with fsdp=False, or use another checkpoint folder "
+                        "to start a new run"
+                    ) from None
+                self._rewind_loggers(0)
                 return False
         else:
             found = self.checkpoints.load_latest_good()
             if found is None:
+                if whole:
+                    raise CheckpointError(
+                        f"Trainer.resume: {directory} holds the checkpoints {whole}, but none of "
+                        "them is listed in its manifest.json, verifies and loads (the warnings "
+                        "above say why); starting fresh would overwrite them, so move them away "
+                        "to start a new run"
+                    )
+                if sharded:
+                    raise CheckpointError(
+                        f"Trainer.resume: fsdp=False reads whole-model checkpoints, but "
+                        f"{directory} holds only the sharded {', '.join(sharded)}, written "
+                        "with fsdp=True; resume with fsdp=True, or use another checkpoint "
+                        "folder to start a new run"
+                    )
+                self._rewind_loggers(0)
                 return False
             name, state = found
             self._check_resume(state, name, strict)
         self.load_state_dict(state)
+        self._rewind_loggers(self.step)
+        _log.info("resumed from %s at step %d", name, self.step)
+        return True
+
+    def _rewind_loggers(self, step: int) -> None:
+        """Drop logged records after `step` in every logger that can (`rewind`)."""
         for logger in self.logger.loggers:
             rewind = getattr(logger, "rewind", None)
             if rewind is not None:
-                rewind(self.step)
-        _log.info("resumed from %s at step %d", name, self.step)
-        return True
+                rewind(step)
+
+    def check_fresh_start(self) -> None:
+        """Refuse a new run into a checkpoint folder that already holds checkpoints.
+
+        Such a run would write its `last` over the earlier run's and keep that run's `best`
+        (the manifest remembers its best metric), so `restore_best` would load another run's
+        weights. `fit()` calls this first; a script can call it before writing its own files.
+        Nothing is checked once the trainer continues a run: after `resume()` found a
+        checkpoint, `load_state_dict()`, a saved checkpoint or an earlier `fit()`; nor without a
+        `CheckpointManager`.
+
+        Raises:
+            CheckpointError: naming the folder and the checkpoints it holds.
+        """
+        if self._continues or self.checkpoints is None:
+            return
+        whole, sharded = self._checkpoint_files()
+        if whole or sharded:
+            raise CheckpointError(
+                f"Trainer.fit: {self.checkpoints.directory} already holds the checkpoints "
+                f"{[*whole, *sharded]} of an earlier run; resume that run (Trainer.resume, "
+                "--resume in the examples), or start this one in an empty checkpoint folder"
+            )
+
+    def _checkpoint_files(self) -> tuple[list[str], list[str]]:
+        """Names of the whole-model `*.pt` files and sharded folders in the checkpoint folder."""
+        assert self.checkpoints is not None
+        folder = self._sharded_folder()  # and the `.old` a crash between its renames leaves
+        whole = sorted(path.name for path in Path(self.checkpoints.directory).glob("*.pt"))
+        sharded = [
+            f"{p.name}/" for p in (folder, folder.with_name(f"{folder.name}.old")) if p.is_dir()
+        ]
+        return whole, sharded
 
     def _check_resume(self, state: Mapping[str, Any], name: str, strict: bool) -> None:
         """Refuse (or with strict=False, report) a checkpoint of another model or run."""
