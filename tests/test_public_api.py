@@ -60,7 +60,8 @@ PUBLIC = {
         "Stage", "StagedAugmentation", "three_stage",
     ],
     "distributed": [
-        "DistributedContext", "all_reduce_mean", "init_distributed", "shutdown_distributed",
+        "DistributedContext", "all_reduce_mean", "broadcast_from_main", "init_distributed",
+        "shutdown_distributed",
     ],
     "trainer": ["RESUME_FIXED", "Batch", "Trainer", "TrainerConfig", "TrainingError"],
     "metrics": ["perplexity"],

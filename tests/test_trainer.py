@@ -413,15 +413,15 @@ def test_resume_refuses_to_start_fresh_over_checkpoints_it_cannot_read(tmp_path)
         data[-1] ^= 0xFF
         (folder / name).write_bytes(bytes(data))
     before = {f.name: f.read_bytes() for f in folder.iterdir()}
-    refused = r"holds the checkpoints \['best.pt', 'last.pt'\], but none of them"
+    refused = r"holds the checkpoints \['best.pt', 'last.pt'\], but "
     trainer = make_trainer(tmp_path, max_steps=4, eval_every=2)
-    with pytest.raises(CheckpointError, match=refused):
+    with pytest.raises(CheckpointError, match=refused + "none of the listed ones verifies"):
         trainer.resume()
     assert trainer.step == 0
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
     # Without manifest.json nothing is listed, and the files are still not written over.
     (folder / "manifest.json").unlink()
-    with pytest.raises(CheckpointError, match=refused):
+    with pytest.raises(CheckpointError, match=refused + "its manifest.json lists none of them"):
         make_trainer(tmp_path, max_steps=4, eval_every=2).resume()
     # One good checkpoint is enough: last, then periodic ones newest first, then best.
     make_trainer(tmp_path / "two", max_steps=4, eval_every=2).fit()
@@ -512,6 +512,13 @@ def test_a_run_that_continues_is_never_refused_even_at_step_0(tmp_path):
     kept = make_trainer(tmp_path / "c", max_steps=2, eval_every=1)
     kept.save_checkpoint()
     assert kept.fit()["step"] == 2
+    # What a trainer continues is the run in its folder: pointed at another run's folder, the
+    # same trainer is refused there.
+    kept.checkpoints = CheckpointManager(tmp_path / "b" / "checkpoints")
+    kept.config = dataclasses.replace(kept.config, max_steps=4)
+    with pytest.raises(CheckpointError, match="already holds the checkpoints"):
+        kept.fit()
+    assert kept.step == 2
 
 
 def test_resume_without_a_checkpoint_rewinds_the_logs_of_a_run_that_died_before_one(tmp_path):

@@ -14,11 +14,20 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "all_reduce_mean", "init_distributed", "shutdown_distributed"]
+__all__ = [
+    "DistributedContext",
+    "all_reduce_mean",
+    "broadcast_from_main",
+    "init_distributed",
+    "shutdown_distributed",
+]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +52,10 @@ def init_distributed(device: str | torch.device = "cpu") -> DistributedContext:
     """Read torchrun's environment and initialise the default process group if needed.
 
     Uses nccl for CUDA devices and gloo otherwise. With no torchrun environment (or
-    WORLD_SIZE=1) this returns the single-process context and starts nothing.
+    WORLD_SIZE=1) this returns the single-process context and starts nothing. Otherwise it
+    returns once every rank has started the group (a barrier: torch's own start-up waits for
+    the others only with gloo), so what a script checked before calling it was checked on
+    every rank before any rank goes on to write.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -55,7 +67,21 @@ def init_distributed(device: str | torch.device = "cpu") -> DistributedContext:
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
+        dist.barrier(device_ids=[local_rank] if backend == "nccl" else None)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def broadcast_from_main(value: _T, context: DistributedContext) -> _T:
+    """Rank 0's `value` on every rank (the value itself for a single process).
+
+    Collective: every rank calls it. The value must pickle; for a decision that ranks might
+    see differently (a file rank 0 just wrote), so that all act on rank 0's.
+    """
+    if not context.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return cast(_T, box[0])
 
 
 def all_reduce_mean(

@@ -27,7 +27,12 @@ from transformer_kit.checkpoint import (
     restore_rng_state,
 )
 from transformer_kit.data import RandomBatches, TokenDataset
-from transformer_kit.distributed import DistributedContext, all_reduce_mean, init_distributed
+from transformer_kit.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    broadcast_from_main,
+    init_distributed,
+)
 from transformer_kit.fsdp import load_sharded, save_sharded, shard_model
 from transformer_kit.logging import MetricLogger, MultiLogger
 from transformer_kit.optim import build_optimizer
@@ -133,9 +138,9 @@ class Trainer:
         self.loss_mean: float | None = None
         self.best_metrics: dict[str, float] = {}
         self.stop_requested = False
-        # Whether this trainer continues the run in its checkpoint folder: set by resume(),
-        # load_state_dict(), a checkpoint saved, or a fit() that passed check_fresh_start().
-        self._continues = False
+        # The checkpoint folder whose run this trainer continues (rank 0's view): set by
+        # resume(), load_state_dict(), a checkpoint saved, or a fit() past check_fresh_start().
+        self._continues_in: Path | None = None
         self._tokens_per_s = 0.0
         # The module that runs forward passes: DDP and/or compile wrap the plain model.
         self._forward: nn.Module = self._wrap_model()
@@ -227,7 +232,7 @@ class Trainer:
             self._forward = self._wrap_model()
         try:
             self.check_fresh_start()
-            self._continues = True
+            self._mark_continues()
             last_eval = self._fit_loop()
         finally:
             # Even when the run fails: loggers flush what they buffer (TensorBoard holds events).
@@ -467,7 +472,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        self._continues = True
+        self._mark_continues()
         trainer_state = state.get("trainer", {})
         self.bad_steps = int(trainer_state.get("bad_steps", 0))
         self.loss_mean = trainer_state.get("loss_mean")
@@ -505,7 +510,7 @@ class Trainer:
                 raise
             _log.exception("checkpoint at step %d failed; the previous one is intact", self.step)
             return []
-        self._continues = True
+        self._mark_continues()
         self._notify("on_checkpoint", paths)
         return paths
 
@@ -546,8 +551,8 @@ class Trainer:
                 if sharded:
                     raise CheckpointError(
                         f"Trainer.resume: {directory} holds {', '.join(sharded)} but no "
-                        "sharded checkpoint in it loads (its .metadata file is missing); "
-                        "starting fresh would overwrite it, so move it away to start a new run"
+                        "sharded checkpoint in it loads (its .metadata file is missing); move "
+                        "it away to start a new run"
                     ) from None
                 if whole:
                     raise CheckpointError(
@@ -562,11 +567,15 @@ class Trainer:
             found = self.checkpoints.load_latest_good()
             if found is None:
                 if whole:
+                    listed = self.checkpoints.manifest["checkpoints"]
+                    why = (
+                        "none of the listed ones verifies and loads (the warnings above say why)"
+                        if any(f"{name}.pt" in whole for name in listed)
+                        else "its manifest.json lists none of them"
+                    )
                     raise CheckpointError(
-                        f"Trainer.resume: {directory} holds the checkpoints {whole}, but none of "
-                        "them is listed in its manifest.json, verifies and loads (the warnings "
-                        "above say why); starting fresh would overwrite them, so move them away "
-                        "to start a new run"
+                        f"Trainer.resume: {directory} holds the checkpoints {whole}, but {why}; "
+                        "starting fresh would overwrite them, so move them away to start a new run"
                     )
                 if sharded:
                     raise CheckpointError(
@@ -597,22 +606,33 @@ class Trainer:
         Such a run would write its `last` over the earlier run's and keep that run's `best`
         (the manifest remembers its best metric), so `restore_best` would load another run's
         weights. `fit()` calls this first; a script can call it before writing its own files.
-        Nothing is checked once the trainer continues a run: after `resume()` found a
-        checkpoint, `load_state_dict()`, a saved checkpoint or an earlier `fit()`; nor without a
-        `CheckpointManager`.
+        Nothing is checked once the trainer continues the run in that folder: after
+        `resume()` found a checkpoint there, `load_state_dict()`, a checkpoint saved or an
+        earlier `fit()`; nor without a `CheckpointManager`. Collective in a distributed run:
+        rank 0 decides, so every rank raises or none does.
 
         Raises:
             CheckpointError: naming the folder and the checkpoints it holds.
         """
-        if self._continues or self.checkpoints is None:
-            return
-        whole, sharded = self._checkpoint_files()
-        if whole or sharded:
-            raise CheckpointError(
-                f"Trainer.fit: {self.checkpoints.directory} already holds the checkpoints "
-                f"{[*whole, *sharded]} of an earlier run; resume that run (Trainer.resume, "
-                "--resume in the examples), or start this one in an empty checkpoint folder"
-            )
+        problem = None
+        if self.context.is_main and self.checkpoints is not None:
+            whole, sharded = self._checkpoint_files()
+            if self._continues_in != self._folder() and (whole or sharded):
+                problem = (
+                    f"Trainer.fit: {self.checkpoints.directory} already holds the checkpoints "
+                    f"{[*whole, *sharded]} of an earlier run; resume that run (Trainer.resume, "
+                    "--resume in the examples), or start this one in an empty checkpoint folder"
+                )
+        problem = broadcast_from_main(problem, self.context)
+        if problem is not None:
+            raise CheckpointError(problem)
+
+    def _folder(self) -> Path | None:
+        """The checkpoint folder, resolved; None without a `CheckpointManager`."""
+        return None if self.checkpoints is None else Path(self.checkpoints.directory).resolve()
+
+    def _mark_continues(self) -> None:
+        self._continues_in = self._folder()
 
     def _checkpoint_files(self) -> tuple[list[str], list[str]]:
         """Names of the whole-model `*.pt` files and sharded folders in the checkpoint folder."""
