@@ -23,6 +23,7 @@ from transformer_kit.fsdp import (
     load_sharded,
     save_sharded,
     shard_model,
+    sharded_folders,
 )
 from transformer_kit.models import GPT, GPTConfig
 
@@ -374,3 +375,14 @@ def test_a_two_rank_checkpoint_loads_into_one_process(runs, group):
     extra = load_sharded(runs / "checkpoint", model, optimizer)
     assert extra["step"] == child.SAVE_AT
     assert_same(full(model), torch.load(runs / "adam_at_save.pt", weights_only=True))
+
+
+def test_sharded_folders_names_the_checkpoint_and_the_backup_a_crash_leaves(tmp_path):
+    final = tmp_path / "sharded-last"
+    assert sharded_folders(final) == []
+    (tmp_path / "sharded-last.old").mkdir()  # between a save's two renames
+    assert sharded_folders(final) == [tmp_path / "sharded-last.old"]
+    final.mkdir()
+    assert sharded_folders(str(final)) == [final, tmp_path / "sharded-last.old"]
+    (tmp_path / "sharded-last.tmp").mkdir()  # a save in progress holds no checkpoint yet
+    assert len(sharded_folders(final)) == 2

@@ -43,7 +43,10 @@ PUBLIC = {
         "apply_repetition_penalty", "apply_temperature", "beam_search", "filter_min_p",
         "filter_top_k", "filter_top_p", "generate", "mask_allowed",
     ],
-    "fsdp": ["consolidate_to_full_state_dict", "load_sharded", "save_sharded", "shard_model"],
+    "fsdp": [
+        "consolidate_to_full_state_dict", "load_sharded", "save_sharded", "shard_model",
+        "sharded_folders",
+    ],
     "checkpoint": [
         "CheckpointError", "CheckpointManager", "FORMAT_VERSION", "Stateful", "capture_rng_state",
         "check_config", "export_weights", "load_checkpoint", "load_weights", "restore_rng_state",

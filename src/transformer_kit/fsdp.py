@@ -40,7 +40,13 @@ from torch.optim import Optimizer
 from transformer_kit.checkpoint import CheckpointError
 from transformer_kit.checkpoint._atomic import fsync_folder
 
-__all__ = ["consolidate_to_full_state_dict", "load_sharded", "save_sharded", "shard_model"]
+__all__ = [
+    "consolidate_to_full_state_dict",
+    "load_sharded",
+    "save_sharded",
+    "shard_model",
+    "sharded_folders",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -241,6 +247,17 @@ def load_sharded(
     if optimizer is not None and saved["optimizer_was_empty"]:
         _forget_initial_state(optimizer)
     return dict(saved["extra"])
+
+
+def sharded_folders(directory: str | os.PathLike[str]) -> list[Path]:
+    """The folders that hold the `save_sharded` checkpoint at `directory`, those that exist.
+
+    `directory` itself, then the `<name>.old` backup that a crash between a save's two
+    renames leaves (`load_sharded` reads that one when `directory` has no checkpoint). Empty
+    when neither exists. Not collective: it only looks at the file system.
+    """
+    final = Path(directory)
+    return [path for path in (final, _sibling(final, _BACKUP_SUFFIX)) if path.is_dir()]
 
 
 def consolidate_to_full_state_dict(model: nn.Module) -> dict[str, Tensor]:

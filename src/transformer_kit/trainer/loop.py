@@ -33,7 +33,7 @@ from transformer_kit.distributed import (
     broadcast_from_main,
     init_distributed,
 )
-from transformer_kit.fsdp import load_sharded, save_sharded, shard_model
+from transformer_kit.fsdp import load_sharded, save_sharded, shard_model, sharded_folders
 from transformer_kit.logging import MetricLogger, MultiLogger
 from transformer_kit.optim import build_optimizer
 from transformer_kit.trainer._monitor import (
@@ -538,7 +538,6 @@ class Trainer:
         if self.checkpoints is None:
             raise ValueError("Trainer.resume needs a CheckpointManager (pass checkpoints=...)")
         directory, folder = Path(self.checkpoints.directory), self._sharded_folder()
-        whole, sharded = self._checkpoint_files()
         if self.config.fsdp:
             name = "sharded-last"
 
@@ -548,6 +547,7 @@ class Trainer:
             try:
                 state = load_sharded(folder, self.model, self.optimizer, check=check)
             except FileNotFoundError:
+                whole, sharded = self._checkpoint_files()
                 if sharded:
                     raise CheckpointError(
                         f"Trainer.resume: {directory} holds {', '.join(sharded)} but no "
@@ -566,11 +566,12 @@ class Trainer:
         else:
             found = self.checkpoints.load_latest_good()
             if found is None:
+                whole, sharded = self._checkpoint_files()
                 if whole:
                     listed = self.checkpoints.manifest["checkpoints"]
                     why = (
                         "none of the listed ones verifies and loads (the warnings above say why)"
-                        if any(f"{name}.pt" in whole for name in listed)
+                        if any(self.checkpoints.exists(name) for name in listed)
                         else "its manifest.json lists none of them"
                     )
                     raise CheckpointError(
@@ -615,11 +616,16 @@ class Trainer:
             CheckpointError: naming the folder and the checkpoints it holds.
         """
         problem = None
-        if self.context.is_main and self.checkpoints is not None:
+        checkpoints = self.checkpoints
+        if (
+            self.context.is_main
+            and checkpoints is not None
+            and self._folder() != self._continues_in
+        ):
             whole, sharded = self._checkpoint_files()
-            if self._continues_in != self._folder() and (whole or sharded):
+            if whole or sharded:
                 problem = (
-                    f"Trainer.fit: {self.checkpoints.directory} already holds the checkpoints "
+                    f"Trainer.fit: {checkpoints.directory} already holds the checkpoints "
                     f"{[*whole, *sharded]} of an earlier run; resume that run (Trainer.resume, "
                     "--resume in the examples), or start this one in an empty checkpoint folder"
                 )
@@ -637,11 +643,8 @@ class Trainer:
     def _checkpoint_files(self) -> tuple[list[str], list[str]]:
         """Names of the whole-model `*.pt` files and sharded folders in the checkpoint folder."""
         assert self.checkpoints is not None
-        folder = self._sharded_folder()  # and the `.old` a crash between its renames leaves
         whole = sorted(path.name for path in Path(self.checkpoints.directory).glob("*.pt"))
-        sharded = [
-            f"{p.name}/" for p in (folder, folder.with_name(f"{folder.name}.old")) if p.is_dir()
-        ]
+        sharded = [f"{path.name}/" for path in sharded_folders(self._sharded_folder())]
         return whole, sharded
 
     def _check_resume(self, state: Mapping[str, Any], name: str, strict: bool) -> None:
