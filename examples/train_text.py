@@ -21,7 +21,13 @@ from transformer_kit import sampling
 from transformer_kit.checkpoint import CheckpointError, CheckpointManager
 from transformer_kit.data import TokenDataset, read_text_file, stdlib_corpus, train_val_split
 from transformer_kit.distributed import init_distributed, shutdown_distributed
-from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
+from transformer_kit.logging import (
+    ConsoleLogger,
+    JSONLLogger,
+    TensorBoardLogger,
+    TextLogger,
+    plot_metrics,
+)
 from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.tokenization import CharTokenizer
 from transformer_kit.trainer import Trainer, TrainerConfig
@@ -52,13 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class SamplePrinter:
     """A callback: generate a sample at each evaluation and at the end, log it as text."""
 
-    def __init__(self, tokenizer: CharTokenizer, out_file: Path, n_tokens: int, seed: int):
-        self.tokenizer, self.out_file, self.n_tokens, self.seed = (
-            tokenizer,
-            out_file,
-            n_tokens,
-            seed,
-        )
+    def __init__(self, tokenizer: CharTokenizer, n_tokens: int, seed: int):
+        self.tokenizer, self.n_tokens, self.seed = tokenizer, n_tokens, seed
 
     def sample(self, trainer: Trainer) -> str:
         prompt = torch.tensor([self.tokenizer.encode("def ")], device=trainer.device)
@@ -71,10 +72,7 @@ class SamplePrinter:
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if not trainer.context.is_main:  # under torchrun, rank 0 speaks for the run
             return
-        text = self.sample(trainer)
-        trainer.log_text("sample", text)
-        with self.out_file.open("a", encoding="utf-8") as f:
-            f.write(f"=== step {trainer.step}, val_loss {metrics['val_loss']:.4f}\n{text}\n\n")
+        trainer.log_text("sample", self.sample(trainer))  # TensorBoard, samples.txt, console
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -104,8 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         warmup_steps=min(100, args.max_steps // 10), **{k: getattr(args, k) for k in keys}
     )
     loggers = [JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
+               TextLogger(out / "samples.txt"),  # rewound on resume, like the metrics
                ConsoleLogger(total_steps=args.max_steps, every=10)]  # fmt: skip
-    samples = SamplePrinter(tokenizer, out / "samples.txt", args.sample_tokens, args.seed)
+    samples = SamplePrinter(tokenizer, args.sample_tokens, args.seed)
     trainer = Trainer(
         model,
         config,

@@ -15,7 +15,7 @@ import torch
 
 from transformer_kit import cli
 from transformer_kit.checkpoint import CheckpointManager
-from transformer_kit.logging import read_metrics
+from transformer_kit.logging import JSONLLogger, TextLogger, read_metrics, read_text_log
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -46,12 +46,23 @@ def test_train_text_writes_everything_and_resumes_without_duplicate_steps(tmp_pa
     assert re.search(r"step 10/20 \| loss \d+\.\d+ \| lr .* \| tok/s", first.stdout)
     assert "final sample" in first.stdout
 
+    assert [record.step for record in read_text_log(out / "samples.txt")] == [10, 20]
+    # A run killed after its step-25 evaluation, before the checkpoint: its records go.
+    JSONLLogger(out / "metrics.jsonl").log({"val_loss": 9.0}, 25)
+    TextLogger(out / "samples.txt").log_text("sample", "from the killed run", 25)
     second = run_example("--out-dir", str(out), "--max-steps", "30", "--resume", *TINY)
     assert second.returncode == 0, second.stderr
     records = read_metrics(out / "metrics.jsonl")
     train_steps = [r["step"] for r in records if "loss" in r]
     assert train_steps == list(range(1, 31))
-    assert {r["step"] for r in records if "val_loss" in r} == {10, 20, 30}
+    assert [r["step"] for r in records if "val_loss" in r] == [10, 20, 30]
+    samples = read_text_log(out / "samples.txt")
+    assert [(record.step, record.tag) for record in samples] == [
+        (10, "sample"),
+        (20, "sample"),
+        (30, "sample"),
+    ]
+    assert samples[-1].text.startswith("def ")  # the prompt opens each sample
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["val_loss"] < 4.0
     # Another learning rate would be silently replaced by the optimizer's saved one: refused,

@@ -1,9 +1,10 @@
-"""Tests for transformer_kit.logging: JSONL, TensorBoard, console, fan-out and plots."""
+"""Tests for transformer_kit.logging: JSONL, TensorBoard, text, console, fan-out and plots."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import struct
 
@@ -17,8 +18,11 @@ from transformer_kit.logging import (
     MetricLogger,
     MultiLogger,
     TensorBoardLogger,
+    TextLogger,
+    TextRecord,
     plot_metrics,
     read_metrics,
+    read_text_log,
 )
 
 # --- JSONL ------------------------------------------------------------------------------------
@@ -172,6 +176,114 @@ def test_tensorboard_rewind_purges_events_after_the_step(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [
         (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)
     ]  # fmt: skip
+
+
+# --- TextLogger -------------------------------------------------------------------------------
+
+# Tags are one line; texts are anything, header-like lines and lone carriage returns included.
+TAGS = st.text(st.characters(blacklist_characters="\r\n"), max_size=12)
+TEXTS = st.one_of(
+    st.text(max_size=40),
+    st.lists(
+        st.sampled_from(["=== step 3 | s | 1 line", "", "x", "\r", "=== step 9 | t | 2 lines"])
+    ).map("\n".join),
+)
+RECORDS = st.lists(st.tuples(st.integers(0, 50), TAGS, TEXTS), max_size=6)
+
+
+def _write(path, records):
+    logger = TextLogger(path)
+    for step, tag, text in records:
+        logger.log_text(tag, text, step)
+    logger.close()
+
+
+def test_text_logger_writes_the_documented_readable_layout(tmp_path):
+    path = tmp_path / "deep" / "samples.txt"
+    _write(path, [(10, "sample", "line one\nline two"), (20, "sample", "")])
+    assert path.read_text() == (
+        "=== step 10 | sample | 2 lines\nline one\nline two\n\n=== step 20 | sample | 1 line\n\n\n"
+    )
+
+
+@given(records=RECORDS)
+def test_text_logger_reads_back_every_record_exactly(tmp_path_factory, records):
+    path = tmp_path_factory.mktemp("text") / "samples.txt"
+    _write(path, records)
+    if records:
+        assert read_text_log(path) == [TextRecord(*record) for record in records]
+    else:
+        assert not path.exists()  # the file is created at the first record
+
+
+@given(records=RECORDS, step=st.integers(-1, 51), via_constructor=st.booleans())
+def test_text_logger_rewind_keeps_exactly_the_records_up_to_the_step(
+    tmp_path_factory, records, step, via_constructor
+):
+    path = tmp_path_factory.mktemp("text") / "samples.txt"
+    _write(path, records)
+    if via_constructor:
+        logger = TextLogger(path, resume_step=step)
+    else:
+        logger = TextLogger(path)
+        logger.rewind(step)
+    logger.log_text("after", "resumed", step + 1)  # logging goes on after the rewind
+    kept = [TextRecord(*r) for r in records if r[0] <= step]
+    assert read_text_log(path) == [*kept, TextRecord(step + 1, "after", "resumed")]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left beside it
+
+
+def test_text_logger_drops_a_record_cut_short_by_a_crash_at_any_byte(tmp_path, caplog):
+    path = tmp_path / "samples.txt"
+    _write(path, [(1, "sample", "first"), (2, "sample", "sec\nond")])
+    whole = path.read_bytes()
+    first_end = len("=== step 1 | sample | 1 line\nfirst\n\n")
+    for cut in range(first_end + 1, len(whole)):
+        path.write_bytes(whole[:cut])
+        with caplog.at_level(logging.WARNING, logger="transformer_kit"):
+            assert read_text_log(path) == [TextRecord(1, "sample", "first")]
+        assert "truncated last record" in caplog.text
+        caplog.clear()
+        TextLogger(path).log_text("sample", "third", 3)  # reopening drops the remnant
+        assert read_text_log(path) == [TextRecord(1, "sample", "first"), (3, "sample", "third")]
+
+
+def test_text_log_with_a_corrupt_record_before_the_last_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "samples.txt"
+    path.write_text("=== step 1 | s | 1 line\nok\n\nstray line\n=== step 2 | s | 1 line\nx\n\n")
+    with pytest.raises(ValueError, match=r"line 4 is not a TextLogger record header: 'stray line'"):
+        read_text_log(path)
+    path.write_text("=== step 1 | s | 1 line\nok\nnot blank\n=== step 2 | s | 1 line\nx\n\n")
+    with pytest.raises(ValueError, match=r"line 3: the record of line 1 should end with a blank"):
+        TextLogger(path)
+
+
+def test_text_logger_rewind_that_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "samples.txt"
+    _write(path, [(1, "sample", "a"), (2, "sample", "b")])
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        TextLogger(path).rewind(1)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_text_logger_bad_input_is_refused_with_the_value(tmp_path):
+    logger = TextLogger(tmp_path / "samples.txt")
+    with pytest.raises(ValueError, match=r"tag must be one line, got 'a\\nb'"):
+        logger.log_text("a\nb", "text", 1)
+    logger.log({"loss": 1.0}, step=1)  # scalars are not written, and no file is created
+    assert not (tmp_path / "samples.txt").exists()
+    logger.close()
+    with pytest.raises(ValueError, match="after close"):
+        logger.log_text("sample", "text", 2)
+    with pytest.raises(TypeError, match="resume_step must be an int, got True"):
+        TextLogger(tmp_path / "other.txt", resume_step=True)
+    assert isinstance(logger, MetricLogger)
 
 
 # --- Console ----------------------------------------------------------------------------------
@@ -376,7 +488,7 @@ def test_plot_metrics_with_no_known_keys_says_what_the_file_has(tmp_path):
     assert _png_size(plot_metrics(path, tmp_path / "acc.png", keys=["accuracy"]))[0] > 1_000
 
 
-@pytest.mark.parametrize("module", ["", "._jsonl", "._multi", "._tensorboard"])
+@pytest.mark.parametrize("module", ["", "._jsonl", "._multi", "._tensorboard", "._text"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -54,7 +54,7 @@ PUBLIC = {
     ],
     "logging": [
         "ConsoleLogger", "JSONLLogger", "MetricLogger", "MultiLogger", "TensorBoardLogger",
-        "plot_metrics", "read_metrics",
+        "TextLogger", "TextRecord", "plot_metrics", "read_metrics", "read_text_log",
     ],
     "early_stopping": ["CombinedScore", "EarlyStopping", "Mode"],
     "averaging": ["EMA", "inference_weights"],

@@ -1,4 +1,4 @@
-"""Metric loggers: a two-method `MetricLogger` protocol and JSONL, TensorBoard and console writers.
+"""Loggers: a two-method `MetricLogger` protocol and JSONL, TensorBoard, text and console writers.
 
 The trainer calls ``log(metrics, step)`` on whatever loggers it is given; `MultiLogger` fans one
 call out to several, and `plot_metrics` turns a JSONL file into a PNG.
@@ -16,6 +16,7 @@ from transformer_kit.logging._jsonl import JSONLLogger, read_metrics
 from transformer_kit.logging._multi import MultiLogger
 from transformer_kit.logging._plots import plot_metrics
 from transformer_kit.logging._tensorboard import TensorBoardLogger
+from transformer_kit.logging._text import TextLogger, TextRecord, read_text_log
 
 __all__ = [
     "ConsoleLogger",
@@ -23,6 +24,9 @@ __all__ = [
     "MetricLogger",
     "MultiLogger",
     "TensorBoardLogger",
+    "TextLogger",
+    "TextRecord",
     "plot_metrics",
     "read_metrics",
+    "read_text_log",
 ]

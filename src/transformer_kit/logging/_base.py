@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging as _pylogging
+import os
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 __all__ = ["MetricLogger"]
@@ -23,3 +26,21 @@ class MetricLogger(Protocol):
 
     def close(self) -> None:
         """Flush and release resources; no calls follow."""
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Replace a file's content atomically: write beside it, fsync, then rename over it.
+
+    A crash leaves the old file or the new one, whole. The text is written as it is (no newline
+    translation).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

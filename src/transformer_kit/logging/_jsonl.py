@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from transformer_kit.logging._base import _log
+from transformer_kit.logging._base import _log, replace_text
 
 __all__ = ["JSONLLogger", "read_metrics"]
 
@@ -136,17 +135,7 @@ def _rewrite_up_to(path: Path, resume_step: int) -> None:
             raise ValueError(f"JSONLLogger: a record in {str(path)!r} has no int 'step': {line!r}")
         if step <= resume_step:
             kept.append(line + "\n")
-    # Write beside the target, fsync, then rename: a crash leaves the old or the new file whole.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_text(path, "".join(kept))
     _log.info("JSONLLogger: kept %d records with step <= %d in %s", len(kept), resume_step, path)
 
 

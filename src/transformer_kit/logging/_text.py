@@ -1,0 +1,147 @@
+"""`TextLogger`: text records (generated samples) in a readable file that resumes cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from transformer_kit.logging._base import _log, replace_text
+
+__all__ = ["TextLogger", "TextRecord", "read_text_log"]
+
+# The header counts the text's lines, so a text holding header-like lines still reads back.
+_HEADER = re.compile(r"=== step (\d+) \| (.*) \| (\d+) lines?")
+
+
+class TextRecord(NamedTuple):
+    """One `log_text` call as `read_text_log` returns it."""
+
+    step: int
+    tag: str
+    text: str
+
+
+class TextLogger:
+    """Append each `log_text` call to a plain-text file as a record a person can read.
+
+    A record is a header line ``=== step 120 | sample | 3 lines``, the text's lines and a blank
+    line. Each record is written in one call and flushed; opening an existing file appends to
+    it, first dropping a partial last record left by a crash. Scalars (`log`) are not written
+    here: pair it with a `JSONLLogger`. The file is created at the first record.
+
+    Args:
+        path: The text file; parent folders are created.
+        resume_step: When resuming from a checkpoint taken at this step, first rewrite the file
+            atomically keeping only records with ``step <= resume_step`` (`Trainer.resume`
+            calls `rewind` instead, which does the same).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "samples.txt"
+        >>> logger = TextLogger(path)
+        >>> logger.log_text("sample", "def f():\\n    return 1", step=100)
+        >>> print(path.read_text(), end="")
+        === step 100 | sample | 2 lines
+        def f():
+            return 1
+        <BLANKLINE>
+        >>> read_text_log(path)
+        [TextRecord(step=100, tag='sample', text='def f():\\n    return 1')]
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._closed = False
+        if resume_step is not None:
+            if isinstance(resume_step, bool) or not isinstance(resume_step, int):
+                raise TypeError(f"TextLogger: resume_step must be an int, got {resume_step!r}")
+            self.rewind(resume_step)
+        elif self.path.exists():
+            records, complete = _parse(self.path)
+            if not complete:
+                replace_text(self.path, "".join(_format(*record) for record in records))
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Scalars are not this logger's: it records text only (`log_text`)."""
+
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        """Append one record and flush it.
+
+        Raises:
+            ValueError: If ``tag`` holds a line break, or after `close`.
+        """
+        if self._closed:
+            raise ValueError(f"TextLogger: log_text() called after close() on {str(self.path)!r}")
+        if "\n" in tag or "\r" in tag:
+            raise ValueError(f"TextLogger: tag must be one line, got {tag!r}")
+        # newline="": the text's own line ends are written (and read back) as they are.
+        with open(self.path, "a", encoding="utf-8", newline="") as file:
+            file.write(_format(int(step), tag, text))
+            file.flush()
+
+    def rewind(self, step: int) -> None:
+        """Drop every record after ``step`` (a resumed run is about to log those steps again).
+
+        The file is rewritten atomically (temp file, fsync, `os.replace`): a crash leaves the
+        old file or the new one, whole.
+        """
+        if not self.path.exists():
+            return
+        records, _ = _parse(self.path)
+        kept = [record for record in records if record.step <= step]
+        replace_text(self.path, "".join(_format(*record) for record in kept))
+        _log.info("TextLogger: kept %d records with step <= %d in %s", len(kept), step, self.path)
+
+    def close(self) -> None:
+        """Refuse later records; every record is already on disk."""
+        self._closed = True
+
+
+def read_text_log(path: str | os.PathLike[str]) -> list[TextRecord]:
+    """Read a `TextLogger` file into its records, skipping a truncated last one.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If a record other than the last is malformed.
+    """
+    return _parse(Path(path))[0]
+
+
+def _format(step: int, tag: str, text: str) -> str:
+    count = text.count("\n") + 1
+    return f"=== step {step} | {tag} | {count} line{'' if count == 1 else 's'}\n{text}\n\n"
+
+
+def _parse(path: Path) -> tuple[list[TextRecord], bool]:
+    """The records, and whether the file ends after a whole one (False: a crash remnant)."""
+    with open(path, encoding="utf-8", newline="") as file:
+        lines = file.read().split("\n")
+    records: list[TextRecord] = []
+    start = 0
+    last = len(lines) - 1  # lines[last] is what follows the final line break ("" if whole)
+    while start < last:
+        match = _HEADER.fullmatch(lines[start])
+        if match is None:
+            raise ValueError(
+                f"{str(path)!r} line {start + 1} is not a TextLogger record header: "
+                f"{lines[start][:80]!r}"
+            )
+        blank = start + 1 + int(match[3])
+        if blank >= last:
+            break  # the file ends inside this record
+        if lines[blank]:
+            raise ValueError(
+                f"{str(path)!r} line {blank + 1}: the record of line {start + 1} should end "
+                f"with a blank line here, got {lines[blank][:80]!r}"
+            )
+        text = "\n".join(lines[start + 1 : blank])
+        records.append(TextRecord(int(match[1]), match[2], text))
+        start = blank + 1
+    complete = start == last and not lines[last]
+    if not complete:
+        _log.warning("%s: skipping a truncated last record at line %d", path, start + 1)
+    return records, complete
