@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     out = args.out_dir
     if args.evaluate is not None and not (out / "checkpoints").is_dir():
         raise SystemExit(f"--evaluate {args.evaluate}: no checkpoints/ in --out-dir {out}")
-    if not (args.resume or args.evaluate) and out.is_dir() and any(out.iterdir()):
+    if not (args.resume or args.evaluate) and out.is_dir() and any(out.glob("[!.]*")):
         raise SystemExit(f"--out-dir {out} holds an earlier run: --resume continues it")
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -78,7 +78,7 @@ class SamplePrinter:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     out = args.out_dir  # checked on every rank before any rank can write (rendezvous below)
-    if not args.resume and out.is_dir() and any(out.iterdir()):
+    if not args.resume and out.is_dir() and any(out.glob("[!.]*")):  # a .gitkeep is no run
         raise SystemExit(f"--out-dir {out} holds an earlier run: --resume continues it")
     context = init_distributed(args.device)  # world size 1 unless launched by torchrun
     say = print if context.is_main else (lambda *a, **k: None)

@@ -37,6 +37,8 @@ def run_example(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_train_text_writes_everything_and_resumes_without_duplicate_steps(tmp_path, capsys):
     out = tmp_path / "run"
+    out.mkdir()
+    (out / ".gitkeep").touch()  # a folder holding only hidden files holds no earlier run
     first = run_example("--out-dir", str(out), "--max-steps", "20", *TINY)
     assert first.returncode == 0, first.stderr
     for name in ["metrics.jsonl", "tokenizer.json", "samples.txt", "loss.png", "summary.json"]:
@@ -128,6 +130,8 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     pytest.importorskip("music21")
     _midi_folder(tmp_path / "midi")
     out = tmp_path / "run"
+    out.mkdir()
+    (out / ".gitkeep").touch()  # a folder holding only hidden files holds no earlier run
     args = ["--midi-dir", str(tmp_path / "midi"), "--out-dir", str(out), *BACH_TINY]
     script = str(ROOT / "examples" / "bach.py")
     # --resume and --evaluate read these from run.json
