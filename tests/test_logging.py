@@ -188,7 +188,7 @@ TEXTS = st.one_of(
         st.sampled_from(["=== step 3 | s | 1 line", "", "x", "\r", "=== step 9 | t | 2 lines"])
     ).map("\n".join),
 )
-RECORDS = st.lists(st.tuples(st.integers(0, 50), TAGS, TEXTS), max_size=6)
+RECORDS = st.lists(st.tuples(st.integers(-5, 50), TAGS, TEXTS), max_size=6)
 
 
 def _write(path, records):
@@ -216,7 +216,7 @@ def test_text_logger_reads_back_every_record_exactly(tmp_path_factory, records):
         assert not path.exists()  # the file is created at the first record
 
 
-@given(records=RECORDS, step=st.integers(-1, 51), via_constructor=st.booleans())
+@given(records=RECORDS, step=st.integers(-6, 51), via_constructor=st.booleans())
 def test_text_logger_rewind_keeps_exactly_the_records_up_to_the_step(
     tmp_path_factory, records, step, via_constructor
 ):
@@ -235,17 +235,50 @@ def test_text_logger_rewind_keeps_exactly_the_records_up_to_the_step(
 
 def test_text_logger_drops_a_record_cut_short_by_a_crash_at_any_byte(tmp_path, caplog):
     path = tmp_path / "samples.txt"
-    _write(path, [(1, "sample", "first"), (2, "sample", "sec\nond")])
+    records = [TextRecord(1, "sample", "café ☃\nline"), TextRecord(2, "sample", "sec\nond ☃")]
+    _write(path, records)
     whole = path.read_bytes()
-    first_end = len("=== step 1 | sample | 1 line\nfirst\n\n")
-    for cut in range(first_end + 1, len(whole)):
+    first_end = len("=== step 1 | sample | 2 lines\ncafé ☃\nline\n\n".encode())
+    for cut in range(len(whole)):  # inside either record, inside a character
         path.write_bytes(whole[:cut])
-        with caplog.at_level(logging.WARNING, logger="transformer_kit"):
-            assert read_text_log(path) == [TextRecord(1, "sample", "first")]
-        assert "truncated last record" in caplog.text
+        kept = records[:1] if cut >= first_end else []
         caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="transformer_kit"):
+            assert read_text_log(path) == kept
+        assert ("truncated last record" in caplog.text) == (cut not in (0, first_end))
         TextLogger(path).log_text("sample", "third", 3)  # reopening drops the remnant
-        assert read_text_log(path) == [TextRecord(1, "sample", "first"), (3, "sample", "third")]
+        assert read_text_log(path) == [*kept, TextRecord(3, "sample", "third")]
+
+
+def test_text_log_refuses_what_no_crash_leaves(tmp_path):
+    path = tmp_path / "samples.txt"
+    _write(path, [(1, "s", "ok")])
+    with path.open("ab") as file:
+        file.write(b"GARBAGE")  # after a whole record, only a header can have begun
+    with pytest.raises(ValueError, match=r"line 4 is not a TextLogger record header: b'GARBAGE'"):
+        TextLogger(path)
+    path.write_bytes(b"=== step 1 | s | 1 line\n\xff\n\n")
+    with pytest.raises(ValueError, match=r"line 2 is not UTF-8"):
+        read_text_log(path)
+    path.write_text("=== step 10, val_loss 2.3456\nold format\n\n")
+    with pytest.raises(ValueError, match=r"line 1 is not a TextLogger record header.*move the"):
+        TextLogger(path, resume_step=5)
+    assert path.read_text() == "=== step 10, val_loss 2.3456\nold format\n\n"
+
+
+@pytest.mark.parametrize("logger_class", [TextLogger, JSONLLogger])
+def test_a_rewound_log_keeps_its_permissions(tmp_path, logger_class):
+    path = tmp_path / "log"
+    logger = logger_class(path)
+    if isinstance(logger, TextLogger):
+        logger.log_text("sample", "a", 1)
+    else:
+        logger.log({"loss": 1.0}, 1)
+    logger.close()
+    for mode in (0o644, 0o640):
+        path.chmod(mode)
+        logger_class(path, resume_step=0).close()
+        assert path.stat().st_mode & 0o777 == mode
 
 
 def test_text_log_with_a_corrupt_record_before_the_last_is_an_error_naming_the_line(tmp_path):
@@ -447,6 +480,18 @@ def test_multilogger_calls_everyone_then_raises_the_first_error(caplog):
 def test_multilogger_rejects_non_loggers():
     with pytest.raises(TypeError, match=r"loggers\[1\] must have log"):
         MultiLogger([_Recorder(), object()])
+
+
+def test_multi_logger_rewind_reaches_nested_loggers_and_skips_those_without_it(tmp_path):
+    path = tmp_path / "m.jsonl"
+    inner = MultiLogger([JSONLLogger(path), ConsoleLogger(stream=io.StringIO(), progress=False)])
+    outer = MultiLogger([inner, ConsoleLogger(stream=io.StringIO(), progress=False)])
+    for step in (1, 2, 3):
+        outer.log({"loss": float(step)}, step)
+    outer.rewind(1)
+    outer.log({"loss": 9.0}, 2)
+    outer.close()
+    assert read_metrics(path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 9.0}]
 
 
 # --- plot_metrics -----------------------------------------------------------------------------

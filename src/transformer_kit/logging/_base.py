@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as _pylogging
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,10 +33,12 @@ def replace_text(path: Path, text: str) -> None:
     """Replace a file's content atomically: write beside it, fsync, then rename over it.
 
     A crash leaves the old file or the new one, whole. The text is written as it is (no newline
-    translation).
+    translation), and the file keeps its permissions.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if path.exists():  # mkstemp makes the file owner-only
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
             file.write(text)
             file.flush()

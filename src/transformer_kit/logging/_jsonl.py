@@ -47,7 +47,7 @@ class JSONLLogger:
                 _rewrite_up_to(self.path, resume_step)
         elif self.path.exists():
             _drop_partial_last_line(self.path)
-        self._file: TextIO | None = open(self.path, "a", encoding="utf-8")
+        self._file: TextIO | None = open(self.path, "a", encoding="utf-8", newline="")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Append ``{"step": step, **metrics}`` as one line and flush it.
@@ -73,7 +73,7 @@ class JSONLLogger:
             self._file.close()
         if self.path.exists():
             _rewrite_up_to(self.path, step)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8", newline="")
 
     def close(self) -> None:
         """Close the file; calling it again does nothing."""

@@ -15,7 +15,7 @@ class MultiLogger:
 
     Every logger is called even when an earlier one raises; after all were called, the first
     exception is re-raised and any later ones are logged (``logging`` at ERROR level).
-    ``log_text`` goes only to the loggers that define it.
+    ``log_text`` and ``rewind`` go only to the loggers that define them.
 
     Example:
         >>> import io
@@ -43,6 +43,11 @@ class MultiLogger:
         """Call ``log_text`` on every logger that has it."""
         with_text = [lg for lg in self.loggers if callable(getattr(lg, "log_text", None))]
         self._call_all("log_text", with_text, tag, text, step)
+
+    def rewind(self, step: int) -> None:
+        """Call ``rewind`` on every logger that has it (a resumed run logs those steps again)."""
+        with_rewind = [lg for lg in self.loggers if callable(getattr(lg, "rewind", None))]
+        self._call_all("rewind", with_rewind, step)
 
     def close(self) -> None:
         """Call ``close`` on every logger."""

@@ -13,7 +13,8 @@ from transformer_kit.logging._base import _log, replace_text
 __all__ = ["TextLogger", "TextRecord", "read_text_log"]
 
 # The header counts the text's lines, so a text holding header-like lines still reads back.
-_HEADER = re.compile(r"=== step (\d+) \| (.*) \| (\d+) lines?")
+_HEADER = re.compile(r"=== step (-?\d+) \| (.*) \| (\d+) lines?")
+_HEADER_START = b"=== step "
 
 
 class TextRecord(NamedTuple):
@@ -61,9 +62,10 @@ class TextLogger:
                 raise TypeError(f"TextLogger: resume_step must be an int, got {resume_step!r}")
             self.rewind(resume_step)
         elif self.path.exists():
-            records, complete = _parse(self.path)
-            if not complete:
+            records, remnant = _parse(self.path)
+            if remnant:  # appending after it would corrupt the next record
                 replace_text(self.path, "".join(_format(*record) for record in records))
+                _log.warning("TextLogger: dropped the last %d bytes of %s", remnant, self.path)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Scalars are not this logger's: it records text only (`log_text`)."""
@@ -116,22 +118,23 @@ def _format(step: int, tag: str, text: str) -> str:
     return f"=== step {step} | {tag} | {count} line{'' if count == 1 else 's'}\n{text}\n\n"
 
 
-def _parse(path: Path) -> tuple[list[TextRecord], bool]:
-    """The records, and whether the file ends after a whole one (False: a crash remnant)."""
-    with open(path, encoding="utf-8", newline="") as file:
-        lines = file.read().split("\n")
+def _parse(path: Path) -> tuple[list[TextRecord], int]:
+    """The records, and how many bytes follow the last whole one (a crash remnant, or 0)."""
+    data = path.read_bytes()
+    pieces = data.split(b"\n")
+    lines = [_decode(piece, path, number) for number, piece in enumerate(pieces[:-1], start=1)]
+    tail = pieces[-1]  # what follows the final line break: b"" in a whole file
     records: list[TextRecord] = []
-    start = 0
-    last = len(lines) - 1  # lines[last] is what follows the final line break ("" if whole)
-    while start < last:
+    start, whole = 0, 0  # the first line of the next record; the bytes of the whole records
+    while start < len(lines):
         match = _HEADER.fullmatch(lines[start])
         if match is None:
             raise ValueError(
                 f"{str(path)!r} line {start + 1} is not a TextLogger record header: "
-                f"{lines[start][:80]!r}"
+                f"{lines[start][:80]!r}; move the file away to start a new one"
             )
         blank = start + 1 + int(match[3])
-        if blank >= last:
+        if blank >= len(lines):
             break  # the file ends inside this record
         if lines[blank]:
             raise ValueError(
@@ -140,8 +143,21 @@ def _parse(path: Path) -> tuple[list[TextRecord], bool]:
             )
         text = "\n".join(lines[start + 1 : blank])
         records.append(TextRecord(int(match[1]), match[2], text))
+        whole += sum(len(piece) + 1 for piece in pieces[start : blank + 1])
         start = blank + 1
-    complete = start == last and not lines[last]
-    if not complete:
+    if start == len(lines) and tail and not _HEADER_START.startswith(tail[: len(_HEADER_START)]):
+        # A crash cuts a record: after the last whole one, only a header can have begun.
+        raise ValueError(
+            f"{str(path)!r} line {start + 1} is not a TextLogger record header: {tail[:80]!r}"
+        )
+    remnant = len(data) - whole
+    if remnant:
         _log.warning("%s: skipping a truncated last record at line %d", path, start + 1)
-    return records, complete
+    return records, remnant
+
+
+def _decode(piece: bytes, path: Path, number: int) -> str:
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{str(path)!r} line {number} is not UTF-8: {error}") from None

@@ -32,7 +32,7 @@ from transformer_kit.trainer.config import TrainerConfig
 
 __all__ = ["CheckpointMixin"]
 
-_log = _pylogging.getLogger(__name__)
+_log = _pylogging.getLogger("transformer_kit.trainer.loop")  # the Trainer's one logger name
 
 
 class CheckpointMixin:
@@ -200,7 +200,7 @@ class CheckpointMixin:
                         "fsdp=False; resume with fsdp=False, or use another checkpoint folder "
                         "to start a new run"
                     ) from None
-                self._rewind_loggers(0)
+                self.logger.rewind(0)
                 return False
         else:
             found = self.checkpoints.load_latest_good()
@@ -224,21 +224,14 @@ class CheckpointMixin:
                         "with fsdp=True; resume with fsdp=True, or use another checkpoint "
                         "folder to start a new run"
                     )
-                self._rewind_loggers(0)
+                self.logger.rewind(0)
                 return False
             name, state = found
             self._check_resume(state, name, strict)
         self.load_state_dict(state)
-        self._rewind_loggers(self.step)
+        self.logger.rewind(self.step)
         _log.info("resumed from %s at step %d", name, self.step)
         return True
-
-    def _rewind_loggers(self, step: int) -> None:
-        """Drop logged records after `step` in every logger that can (`rewind`)."""
-        for logger in self.logger.loggers:
-            rewind = getattr(logger, "rewind", None)
-            if rewind is not None:
-                rewind(step)
 
     def check_fresh_start(self) -> None:
         """Refuse a new run into a checkpoint folder that already holds checkpoints.
