@@ -64,7 +64,7 @@ class TextLogger:
         elif self.path.exists():
             records, remnant = _parse(self.path)
             if remnant:  # appending after it would corrupt the next record
-                replace_text(self.path, "".join(_format(*record) for record in records))
+                _rewrite(self.path, records)
                 _log.warning("TextLogger: dropped the last %d bytes of %s", remnant, self.path)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -95,7 +95,7 @@ class TextLogger:
             return
         records, _ = _parse(self.path)
         kept = [record for record in records if record.step <= step]
-        replace_text(self.path, "".join(_format(*record) for record in kept))
+        _rewrite(self.path, kept)
         _log.info("TextLogger: kept %d records with step <= %d in %s", len(kept), step, self.path)
 
     def close(self) -> None:
@@ -116,6 +116,11 @@ def read_text_log(path: str | os.PathLike[str]) -> list[TextRecord]:
 def _format(step: int, tag: str, text: str) -> str:
     count = text.count("\n") + 1
     return f"=== step {step} | {tag} | {count} line{'' if count == 1 else 's'}\n{text}\n\n"
+
+
+def _rewrite(path: Path, records: list[TextRecord]) -> None:
+    """Replace the file atomically with these records."""
+    replace_text(path, "".join(_format(*record) for record in records))
 
 
 def _parse(path: Path) -> tuple[list[TextRecord], int]:
