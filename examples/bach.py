@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from transformer_kit.checkpoint import CheckpointError, CheckpointManager
+from transformer_kit.checkpoint import CheckpointError, CheckpointManager, check_run_folder
 from transformer_kit.data import TokenDataset
 from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
 from transformer_kit.metrics import music
@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume or args.evaluate:  # the run's own settings; flags given here win
         parser.set_defaults(**recipe.run_defaults(args.out_dir, evaluate=bool(args.evaluate)))
         args = parser.parse_args(argv)
-    for name, least in (("sample_sets", 1), ("eval_samples", 1), ("sample_tokens", 2)):
+    for name, least in (("sample_sets", 1), ("eval_samples", 1), ("sample_tokens", 2),
+                        ("batch_size", 1), ("evals", 1), ("final_samples", 1)):  # fmt: skip
         if (value := getattr(args, name)) < least:
             parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
     if args.ensemble and args.evaluate is None:
@@ -75,10 +76,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     out = args.out_dir
     if args.evaluate is not None and not (out / "checkpoints").is_dir():
         raise SystemExit(f"--evaluate {args.evaluate}: no checkpoints/ in --out-dir {out}")
-    if not (args.resume or args.evaluate) and out.is_dir() and any(out.glob("[!.]*")):
-        raise SystemExit(f"--out-dir {out} holds an earlier run: --resume continues it")
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    try:  # --out-dir: not a file; another run only to --resume it or to --evaluate it
+        check_run_folder(out, resume=args.resume or args.evaluate is not None)
+        out.mkdir(parents=True, exist_ok=True)
         pieces = recipe.load_splits(args.midi_dir, cache_dir=args.cache_dir, seed=args.seed)
         bounds = recipe.length_bounds(pieces["train"], args.min_notes, args.max_notes)
     except (OSError, ValueError) as error:  # no such folder, too few pieces, bad --*-notes
@@ -118,14 +118,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         eval_every=max(1, max_steps // args.evals), restore_best=True, ema_decay=args.ema,
         time_limit_s=None if args.budget_minutes is None else args.budget_minutes * 60 * 0.85,
     )  # fmt: skip
-    trainer = Trainer(
+    trainer = Trainer(  # augment and early_stopping check their settings before any file
         model, config, train, TokenDataset(streams["val"], args.block_size),
-        loggers=[JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
-                 ConsoleLogger(total_steps=max_steps, every=10)],
-        checkpoints=CheckpointManager(out / "checkpoints", monitor="music_combined", mode="max"),
         augment=recipe.pitch_stages(tok, rhythm=args.rhythm, seed=args.seed,
                                     max_shift=args.max_shift, heavy_from=args.heavy_from),
         early_stopping=music.MusicalEarlyStopping(sampler, profile, patience=args.patience),
+        loggers=[JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
+                 ConsoleLogger(total_steps=max_steps, every=10)],
+        checkpoints=CheckpointManager(out / "checkpoints", monitor="music_combined", mode="max"),
     )  # fmt: skip
     try:  # Trainer.resume refuses a flag that changes what a step is (batch size, lr, ...)
         if args.resume and not trainer.resume():

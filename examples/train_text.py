@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from transformer_kit import sampling
-from transformer_kit.checkpoint import CheckpointError, CheckpointManager
+from transformer_kit.checkpoint import CheckpointError, CheckpointManager, check_run_folder
 from transformer_kit.data import TokenDataset, read_text_file, stdlib_corpus, train_val_split
 from transformer_kit.distributed import init_distributed, shutdown_distributed
 from transformer_kit.logging import (
@@ -52,7 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus-bytes", type=int, default=4_000_000)
     parser.add_argument("--sample-tokens", type=int, default=300)
     parser.add_argument("--device", default="cpu", help='"cpu", "cuda" or "auto"')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("max_steps", "eval_every", "n_layer", "n_head", "d_model", "block_size",
+                 "batch_size", "corpus_bytes", "sample_tokens"):  # fmt: skip
+        if (value := getattr(args, name)) < 1:  # found now, not after files are written
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    return args
 
 
 class SamplePrinter:
@@ -77,10 +82,11 @@ class SamplePrinter:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    out = args.out_dir  # checked on every rank before any rank can write (rendezvous below)
-    if not args.resume and out.is_dir() and any(out.glob("[!.]*")):  # a .gitkeep is no run
-        raise SystemExit(f"--out-dir {out} holds an earlier run: --resume continues it")
-    context = init_distributed(args.device)  # world size 1 unless launched by torchrun
+    try:  # on every rank before any rank can write (rendezvous below); a .gitkeep is no run
+        out = check_run_folder(args.out_dir, resume=args.resume)  # not a file, not another run
+        context = init_distributed(args.device)  # checks the device; world size 1 unless torchrun
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
     say = print if context.is_main else (lambda *a, **k: None)
     out.mkdir(parents=True, exist_ok=True)
     text = read_text_file(args.data) if args.data else stdlib_corpus(max_bytes=args.corpus_bytes)
@@ -101,19 +107,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     config = TrainerConfig(
         warmup_steps=min(100, args.max_steps // 10), **{k: getattr(args, k) for k in keys}
     )
+    data = [TokenDataset(ids, args.block_size) for ids in (train_ids, val_ids)]  # before files
+    samples = SamplePrinter(tokenizer, args.sample_tokens, args.seed)
     loggers = [JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
                TextLogger(out / "samples.txt"),  # rewound on resume, like the metrics
                ConsoleLogger(total_steps=args.max_steps, every=10)]  # fmt: skip
-    samples = SamplePrinter(tokenizer, args.sample_tokens, args.seed)
-    trainer = Trainer(
-        model,
-        config,
-        TokenDataset(train_ids, args.block_size),
-        TokenDataset(val_ids, args.block_size),
-        loggers=loggers,
-        checkpoints=CheckpointManager(out / "checkpoints"),
-        callbacks=[samples],
-    )
+    trainer = Trainer(model, config, *data, loggers=loggers, callbacks=[samples],
+                      checkpoints=CheckpointManager(out / "checkpoints"))  # fmt: skip
     try:  # Trainer.resume refuses a flag that changes what a step is (batch size, lr, ...)
         if args.resume and not trainer.resume():
             say("no checkpoint to resume from; starting fresh")

@@ -160,6 +160,12 @@ def test_compose_applies_in_order_with_one_generator():
         (lambda: RandomCrop(0), ValueError, "min_length must be an int >= 1, got 0"),
         (lambda: RandomCrop(2, target_pad_id=1.0), ValueError, "target_pad_id must be an int"),
         (lambda: Compose([3]), TypeError, "transforms must be callables"),
+        (lambda: Compose(5), TypeError, "transforms must be a sequence of callables, got 5"),
+        (
+            lambda: RandomTokenMask(0.1, mask_id=1, protected_ids=5),
+            TypeError,
+            "protected_ids must be a sequence of token ids, got 5",
+        ),
         (lambda: Stage(-1, None, 0.0), ValueError, "start_epoch must be an int >= 0, got -1"),
         (lambda: Stage(0, None, 2.0), ValueError, "p must be a number in"),
         (lambda: StagedAugmentation([]), ValueError, "stages must be non-empty"),

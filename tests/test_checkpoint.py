@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import errno
 import hashlib
 import json
@@ -29,6 +30,7 @@ from transformer_kit.checkpoint import (
     Stateful,
     capture_rng_state,
     check_config,
+    check_run_folder,
     export_weights,
     load_checkpoint,
     load_weights,
@@ -578,3 +580,96 @@ def test_export_rejects_bad_inputs_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(CheckpointError, match="model.safetensors does not exist"):
         load_weights(tmp_path)
+
+
+def test_run_folder_new_empty_or_hidden_only_is_accepted_and_not_created(tmp_path):
+    new = tmp_path / "a" / "b"
+    assert check_run_folder(new) == new and not (tmp_path / "a").exists()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".gitkeep").touch()  # hidden entries are no run
+    assert check_run_folder(str(tmp_path / "empty")) == tmp_path / "empty"
+
+
+def test_run_folder_with_an_earlier_run_needs_resume(tmp_path):
+    for name in ("metrics.jsonl", "samples.txt", "tb", "checkpoints", "loss.png"):
+        (tmp_path / name).mkdir()
+    assert check_run_folder(tmp_path, resume=True) == tmp_path
+    message = (
+        f"--out-dir {tmp_path} holds an earlier run (checkpoints, loss.png, metrics.jsonl, "
+        "samples.txt, ...): --resume continues it; to start a new run, name a new or empty folder"
+    )
+    with pytest.raises(ValueError) as refused:
+        check_run_folder(tmp_path)
+    assert str(refused.value) == message
+    with pytest.raises(ValueError, match=r"^run_dir .*\): resume=True continues it; to start"):
+        check_run_folder(tmp_path, flag="run_dir", resume_flag="resume=True")  # for a function
+
+
+def test_run_folder_that_is_or_lies_under_a_file_is_refused_even_to_resume(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    with pytest.raises(ValueError, match=r"--run .*notes.txt is a file, not a folder"):
+        check_run_folder(file, resume=True, flag="--run")
+    with pytest.raises(ValueError, match=r"notes.txt is a file, so no folder can be made under"):
+        check_run_folder(file / "sub" / "run")
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "missing")
+    with pytest.raises(ValueError, match="gone is a broken symbolic link"):
+        check_run_folder(link)
+    assert file.read_text() == "keep me"
+
+
+def test_run_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
+    asked = []
+
+    def no_write(path, mode):  # as for a user without write permission (tests may run as root)
+        asked.append((Path(path), mode))
+        return False
+
+    monkeypatch.setattr(os, "access", no_write)
+    with pytest.raises(ValueError, match=f"--out-dir {tmp_path}/run/x: this process may not"):
+        check_run_folder(tmp_path / "run" / "x", resume=True)
+    assert asked == [(tmp_path, os.W_OK | os.X_OK)]  # the nearest folder that exists
+
+
+def test_run_folder_docstring_example_runs():
+    import transformer_kit.checkpoint._folder as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def test_read_only_manager_reads_a_live_folder_without_touching_it(tmp_path):
+    folder = tmp_path / "checkpoints"
+    writer = CheckpointManager(folder, keep_last=5, every_steps=1, monitor="score", mode="max")
+    for step in range(1, 6):
+        writer.save({"step": step}, step=step, metrics={"score": float(step % 3)})
+    (folder / "last.pt.tmp.abc123").write_bytes(b"a save in progress")  # another process's
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    reader = CheckpointManager(folder, read_only=True)  # default keep_last 3, monitor val_loss
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no rotation, no tidy
+    assert (reader.monitor, reader.mode) == ("score", "max")  # the manifest's own
+    assert reader.manifest == writer.manifest and reader.best_step == 2
+    assert reader.load("last")["step"] == 5 and reader.load("step-00000001")["step"] == 1
+    with pytest.raises(CheckpointError, match="was opened read_only"):
+        reader.save({"step": 6}, step=6)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # A manager opened for writing tidies and rotates: what read_only must not do.
+    CheckpointManager(folder, keep_last=3, every_steps=1, monitor="score", mode="max")
+    assert not (folder / "last.pt.tmp.abc123").exists()
+    assert not (folder / "step-00000001.pt").exists()
+
+
+def test_read_only_manager_refuses_a_missing_folder_or_a_file_and_creates_nothing(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nothing/checkpoints is not a checkpoint folder"):
+        CheckpointManager(tmp_path / "nothing" / "checkpoints", read_only=True)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match=r"file is not a checkpoint folder \(a file\)"):
+        CheckpointManager(tmp_path / "file", read_only=True)
+    with pytest.raises(ValueError, match="read_only must be a bool, got 1"):
+        CheckpointManager(tmp_path / "c", read_only=1)
+    empty = CheckpointManager(tmp_path, read_only=True)  # a folder without a manifest yet
+    assert empty.last_step is None and empty.load_latest_good() is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

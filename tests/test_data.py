@@ -332,8 +332,10 @@ def test_read_text_file_round_trip_and_errors(tmp_path):
     bad.write_bytes(b"abc\xff\xfe")
     with pytest.raises(ValueError, match=r"bad\.txt.*not valid UTF-8 \(byte 3"):
         read_text_file(bad)
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.txt' does not exist"):
         read_text_file(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError, match=r"' is a folder; name a text file"):
+        read_text_file(tmp_path)
 
 
 def test_stdlib_selection_rules_on_a_fake_stdlib(monkeypatch, tmp_path):
@@ -363,3 +365,7 @@ def test_stdlib_selection_rules_on_a_fake_stdlib(monkeypatch, tmp_path):
     assert stdlib_corpus() == "b = 1\n\nz = 2\n\n" + "c" * 50 + "\n\nrun = 3\n\n"
     # 14 bytes hold b.py and a/z.py (7 each with their "\n"); c.py does not fit, so stop there.
     assert stdlib_corpus(max_bytes=20) == "b = 1\n\nz = 2\n\n"
+    assert stdlib_corpus(max_bytes=7) == "b = 1\n\n"  # exactly the first file
+    # Less than the first file would be an empty corpus that fails later, far from its cause.
+    with pytest.raises(ValueError, match=r"max_bytes=6 is smaller than the first file \(b.py, 7"):
+        stdlib_corpus(max_bytes=6)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -13,6 +15,8 @@ from transformer_kit.distributed import (
     DistributedContext,
     all_reduce_mean,
     broadcast_from_main,
+    init_distributed,
+    resolve_device,
     shutdown_distributed,
 )
 
@@ -21,6 +25,32 @@ def test_a_single_process_keeps_its_own_values():
     context = DistributedContext()
     assert broadcast_from_main({"a": [1, 2]}, context) == {"a": [1, 2]}
     assert all_reduce_mean({"loss": 2.5, "step": 3}, context) == {"loss": 2.5, "step": 3}
+
+
+def test_resolve_device_names_what_it_refuses(monkeypatch):
+    import transformer_kit.distributed as module
+
+    assert doctest.testmod(module).attempted >= 1 and doctest.testmod(module).failed == 0
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--device='tpu' is not a device; use 'auto', 'cpu'"):
+        resolve_device("tpu", name="--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device='cuda:1' needs CUDA, which is not available"):
+        resolve_device("cuda:1")
+    with pytest.raises(ValueError, match=r"device='mps' needs Apple's MPS backend"):
+        resolve_device("mps")
+    # A script learns of it where it starts, before it writes anything (examples/train_text.py).
+    with pytest.raises(ValueError, match=r"init_distributed: device='cuda' needs CUDA"):
+        init_distributed("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"device='cuda:2' names a CUDA device this machine lacks"):
+        resolve_device("cuda:2")
 
 
 def _rank(rank: int, world: int, folder: str) -> None:

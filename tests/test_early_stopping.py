@@ -138,6 +138,8 @@ def test_constructor_validation_names_parameter(kwargs, match):
 def test_bad_monitor_and_value_types_are_refused():
     with pytest.raises(TypeError, match="monitor must be a metric key or a callable, got 3"):
         EarlyStopping(1, monitor=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"monitor must be a metric key, got '' \(empty\)"):
+        EarlyStopping(1, monitor="")
     with pytest.raises(TypeError, match="value must be a real number, got 'x'"):
         EarlyStopping(1).step("x")  # type: ignore[arg-type]
 

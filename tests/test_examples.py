@@ -78,7 +78,8 @@ def test_train_text_writes_everything_and_resumes_without_duplicate_steps(tmp_pa
     # another corpus): refused before anything is written, not even the same bytes again.
     stamps = {p: p.stat().st_mtime_ns for p in before}
     fresh = run_example("--out-dir", str(out), *TINY[2:], "--corpus-bytes", "30000")
-    assert fresh.returncode != 0 and "holds an earlier run: --resume" in fresh.stderr
+    assert fresh.returncode != 0 and "holds an earlier run (" in fresh.stderr
+    assert "): --resume continues it" in fresh.stderr
     assert "Traceback" not in fresh.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert {p: p.stat().st_mtime_ns for p in before} == stamps
@@ -107,6 +108,45 @@ BACH_TINY = [
     "--batch-size", "4", "--evals", "2", "--eval-samples", "2", "--final-samples", "3",
     "--sample-tokens", "60",
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize("script", ["train_text.py", "bach.py"])
+def test_examples_refuse_an_out_dir_that_is_a_file_before_writing(tmp_path, script):
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    for out, problem in [
+        (file, f"--out-dir {file} is a file, not a folder"),
+        (file / "run", f"--out-dir {file}/run: {file} is a file, so no folder can be made"),
+    ]:
+        refused = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / script), "--out-dir", str(out)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert refused.returncode != 0 and problem in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert file.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [file]
+
+
+@pytest.mark.parametrize(
+    "script, flag, value",
+    [
+        ("train_text.py", "--sample-tokens", "-5"),  # once found at the first evaluation
+        ("train_text.py", "--batch-size", "0"),
+        ("train_text.py", "--eval-every", "0"),
+        ("bach.py", "--batch-size", "0"),  # once a ZeroDivisionError
+        ("bach.py", "--evals", "-1"),  # once accepted: an evaluation at every step
+        ("bach.py", "--final-samples", "0"),  # once found after the whole run
+    ],
+)
+def test_examples_refuse_a_bad_count_before_writing(tmp_path, script, flag, value):
+    out = tmp_path / "run"
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), "--out-dir", str(out), flag, value],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr  # argparse's usage error
+    assert f"{flag} must be >= 1, got {value}" in refused.stderr
+    assert not out.exists()
 
 
 def _midi_folder(folder: Path, n: int = 24) -> None:
@@ -175,7 +215,8 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
         [sys.executable, script, *args, "--max-steps", "2"], capture_output=True, text=True,
         timeout=600, env=env,
     )  # fmt: skip
-    assert fresh.returncode != 0 and "holds an earlier run: --resume" in fresh.stderr
+    assert fresh.returncode != 0 and "holds an earlier run (" in fresh.stderr
+    assert "): --resume continues it" in fresh.stderr
     assert "Traceback" not in fresh.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert {p: p.stat().st_mtime_ns for p in before} == stamps
@@ -260,6 +301,15 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     )  # fmt: skip
     assert missing.returncode != 0 and "no checkpoints/" in missing.stderr
     assert not (tmp_path / "nothing").exists()
+    # A bad augmentation setting is refused before the loggers and checkpoints write: a plain
+    # retry into the same folder is not blocked by a half-made run.
+    shifted = subprocess.run(
+        [sys.executable, script, "--midi-dir", str(tmp_path / "midi"), "--out-dir",
+         str(tmp_path / "shift"), *BACH_TINY, "--max-shift", "-1"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert shifted.returncode != 0 and "max_shift" in shifted.stderr, shifted.stderr
+    assert list((tmp_path / "shift").iterdir()) == []
 
     # The CLI samples text runs; on a music run it says how to sample instead.
     with pytest.raises(SystemExit, match="--evaluate best"):
@@ -315,3 +365,68 @@ def test_cli_generate_samples_the_weight_average_when_the_run_kept_one(tmp_path,
     }
     assert greedy["averaged"] != greedy["trained"]  # the two weight sets are told apart
     assert printed == greedy["averaged"]
+
+
+def _tiny_text_run(folder: Path, *, keep_last: int = 3, steps: int = 1) -> None:
+    from transformer_kit.models import GPT, GPTConfig
+    from transformer_kit.tokenization import CharTokenizer
+
+    tokenizer = CharTokenizer.fit("abc\n")
+    tokenizer.save(folder / "tokenizer.json")
+    config = GPTConfig(vocab_size=len(tokenizer.vocab), n_layer=1, d_model=16, block_size=8)
+    state = {"model": GPT(config).state_dict(), "config": config.to_dict()}
+    manager = CheckpointManager(folder / "checkpoints", keep_last=keep_last, every_steps=1)
+    for step in range(1, steps + 1):
+        manager.save({**state, "step": step}, step=step, metrics={"val_loss": 1.0 / step})
+
+
+def test_cli_refuses_bad_run_folders_and_flags_with_messages_and_writes_nothing(tmp_path, capsys):
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    (tmp_path / "empty").mkdir()
+    for argv, message in [
+        (["generate", str(tmp_path / "nope")], f"the run folder {tmp_path}/nope does not exist"),
+        (["plot", str(file)], f"the run folder {file} is a file, not a folder"),
+        (["inspect", str(tmp_path / "nope")], "does not exist"),
+        (["generate", str(tmp_path / "empty")], "has no tokenizer.json and no checkpoints; name"),
+        (["plot", str(tmp_path / "empty")], "empty has no metrics.jsonl; name a run folder"),
+        (["inspect", str(tmp_path / "empty")], "empty has no checkpoints; name a run folder"),
+    ]:
+        with pytest.raises(SystemExit, match=f"transformer-kit {argv[0]}: .*{message}"):
+            cli.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes.txt"]
+    assert list((tmp_path / "empty").iterdir()) == [] and file.read_text() == "keep me"
+    for flag, value, allowed in [
+        ("--top-k", "0", "an int >= 1"),
+        ("--num-samples", "-2", "an int >= 1"),
+        ("--max-new-tokens", "2.5", "an int >= 1"),
+        ("--temperature", "-1", "a finite number >= 0"),
+        ("--temperature", "nan", "a finite number >= 0"),
+        ("--top-p", "0", "a finite number > 0 and <= 1"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            cli.main(["generate", str(tmp_path), flag, value])
+        assert refused.value.code == 2  # argparse's usage error, before any file is read
+        assert f"argument {flag}: must be {allowed}, got '{value}'" in capsys.readouterr().err
+
+
+def test_cli_reads_a_run_without_changing_it_and_reports_its_errors(tmp_path, capsys):
+    _tiny_text_run(tmp_path, keep_last=5, steps=5)  # more periodic files than a default keeps
+    folder = tmp_path / "checkpoints"
+    (folder / "last.pt.tmp.x1").write_bytes(b"a save in progress")  # a live run's
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["checkpoints"]) == [
+        "best", "last", "step-00000001", "step-00000002", "step-00000003", "step-00000004",
+        "step-00000005",
+    ]  # fmt: skip
+    assert cli.main(["generate", str(tmp_path), "--checkpoint", "step-00000002"]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    with pytest.raises(SystemExit, match=r"transformer-kit generate: no checkpoint 'step-9'"):
+        cli.main(["generate", str(tmp_path), "--checkpoint", "step-9"])
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"transformer-kit inspect: .*manifest.json is unread"):
+        cli.main(["inspect", str(tmp_path)])
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    with pytest.raises(SystemExit, match=r"transformer-kit plot: plot_metrics: out_png .*must end"):
+        cli.main(["plot", str(tmp_path), "--out", str(tmp_path / "curves.txt")])

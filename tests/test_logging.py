@@ -311,10 +311,19 @@ def test_text_logger_bad_input_is_refused_with_the_value(tmp_path):
     logger = TextLogger(tmp_path / "samples.txt")
     with pytest.raises(ValueError, match=r"tag must be one line, got 'a\\nb'"):
         logger.log_text("a\nb", "text", 1)
-    with pytest.raises(UnicodeEncodeError):  # a lone surrogate: nothing is written
-        logger.log_text("sample", "ok \ud800", 1)
+    with pytest.raises(
+        ValueError,
+        match=r"text must be encodable as UTF-8, got '\\ud800' at index 3 of 'ok \\ud800 x'",
+    ):
+        logger.log_text("sample", "ok \ud800 x", 1)  # a lone surrogate
     logger.log({"loss": 1.0}, step=1)  # scalars are not written
-    assert (tmp_path / "samples.txt").read_bytes() == b""
+    assert not (tmp_path / "samples.txt").exists()  # nothing written, not even an empty file
+    logger.log_text("sample", "ok", 2)
+    with pytest.raises(
+        ValueError, match="tag must be encodable as UTF-8, got '\\\\udcff' at index 1"
+    ):
+        logger.log_text("x\udcff", "text", 3)
+    assert read_text_log(tmp_path / "samples.txt") == [TextRecord(2, "sample", "ok")]
     logger.close()
     with pytest.raises(ValueError, match="after close"):
         logger.log_text("sample", "text", 2)
@@ -548,3 +557,24 @@ def test_docstring_examples_run(module):
     target = importlib.import_module(f"transformer_kit.logging{module}")
     result = doctest.testmod(target, extraglobs=names)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_plot_metrics_refuses_an_output_it_cannot_write_before_reading(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n')
+    (tmp_path / "taken.png").mkdir()
+    (tmp_path / "notes.txt").write_text("keep me")
+    missing = tmp_path / "no-such.jsonl"  # checked first: the output is refused before reading
+    for out, problem in [
+        (tmp_path / "plot.txt", r"'.*plot.txt' must end in a suffix matplotlib writes \(.*\.png"),
+        (tmp_path / "plot", r"'.*plot' must end in a suffix matplotlib writes"),
+        (tmp_path / "taken.png", r"'.*taken.png' is a folder; name a file, e.g. '.*loss.png'"),
+        (tmp_path / "notes.txt" / "p.png", r"'.*notes.txt' is a file, so no folder can be made"),
+    ]:
+        with pytest.raises(ValueError, match=f"plot_metrics: out_png {problem}"):
+            plot_metrics(missing, out)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "notes.txt", "taken.png"]
+    for name in ("curves.svg", "curves.PDF"):  # any format the Agg canvas writes, any case
+        assert plot_metrics(path, tmp_path / name).stat().st_size > 1_000

@@ -49,8 +49,8 @@ PUBLIC = {
     ],
     "checkpoint": [
         "CheckpointError", "CheckpointManager", "FORMAT_VERSION", "Stateful", "capture_rng_state",
-        "check_config", "export_weights", "load_checkpoint", "load_weights", "restore_rng_state",
-        "save_checkpoint",
+        "check_config", "check_run_folder", "export_weights", "load_checkpoint", "load_weights",
+        "restore_rng_state", "save_checkpoint",
     ],
     "logging": [
         "ConsoleLogger", "JSONLLogger", "MetricLogger", "MultiLogger", "TensorBoardLogger",
@@ -64,7 +64,7 @@ PUBLIC = {
     ],
     "distributed": [
         "DistributedContext", "all_reduce_mean", "broadcast_from_main", "init_distributed",
-        "shutdown_distributed",
+        "resolve_device", "shutdown_distributed",
     ],
     "trainer": ["RESUME_FIXED", "Batch", "Trainer", "TrainerConfig", "TrainingError"],
     "metrics": ["perplexity"],

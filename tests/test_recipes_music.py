@@ -332,6 +332,12 @@ def test_length_bounds_are_the_pieces_percentile_and_lengths_unless_given():
         ({"min_notes": 2.5, "max_notes": 9}, "min_notes must be an int >= 0, got 2.5"),
         ({"min_notes": -1}, "min_notes must be an int >= 0, got -1"),
         ({"min_notes": True}, "min_notes must be an int >= 0, got True"),
+        # Refused at construction, not at the first evaluation of a training run.
+        ({"temperature": -1.0}, r"temperature must be a finite number >= 0 \(0: greedy\), got -1"),
+        ({"temperature": math.nan}, "temperature must be a finite number >= 0 .*got nan"),
+        ({"temperature": True}, "temperature must be a finite number >= 0 .*got True"),
+        ({"top_k": 0}, "top_k must be None or an int >= 1, got 0"),
+        ({"top_k": 2.5}, "top_k must be None or an int >= 1, got 2.5"),
     ],
 )
 def test_piece_sampler_names_a_bad_argument(kwargs, match):
@@ -381,6 +387,26 @@ def test_steps_for_budget_leaves_the_model_alone_and_scales_with_the_budget():
     large = recipe.steps_for_budget(model, data, 2, 60.0)
     assert small == 20 and large > 1000  # a tiny step takes well under 2.5 s
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((2, -1.0), "minutes must be a finite number > 0, got -1.0"),
+        ((2, math.inf), "minutes must be a finite number > 0, got inf"),
+        ((2, math.nan), "minutes must be a finite number > 0, got nan"),
+        ((2, True), "minutes must be a finite number > 0, got True"),
+        ((0, 4.0), "batch_size must be an int >= 1, got 0"),
+        ((2.0, 4.0), "batch_size must be an int >= 1, got 2.0"),
+    ],
+)
+def test_steps_for_budget_refuses_a_bad_budget_before_timing(args, match):
+    tok = MusicTokenizer()
+    data = TokenDataset(recipe.encode_pieces(tok, _splits()["train"]), 32)
+    with pytest.raises(ValueError, match=f"steps_for_budget: {match}"):
+        recipe.steps_for_budget(recipe.music_gpt(tok, **TINY), data, *args)
+    with pytest.raises(ValueError, match=r"fraction must be a number in \(0, 1\], got 1.5"):
+        recipe.steps_for_budget(recipe.music_gpt(tok, **TINY), data, 2, 4.0, fraction=1.5)
 
 
 def test_pitch_stages_follow_the_seed_schedule():

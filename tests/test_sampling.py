@@ -9,6 +9,7 @@ import math
 import re
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -20,10 +21,11 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 from torch.testing import assert_close
 
-from transformer_kit import sampling
+from transformer_kit import _numbers, sampling
 from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.sampling import (
     _beam,
+    _checks,
     _filters,
     _generate,
     _penalties,
@@ -657,21 +659,24 @@ def test_results_are_ordinary_tensors_though_decoding_runs_in_inference_mode(sto
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"max_new_tokens": -1}, r"generate: max_new_tokens must be >= 0, got -1"),
+        ({"max_new_tokens": -1}, r"generate: max_new_tokens must be an int >= 0, got -1"),
         ({"temperature": -0.5}, r"temperature must be a finite number >= 0 \(0 is greedy\)"),
         ({"top_k": 0}, r"generate: top_k must be an int >= 1 or None, got 0"),
-        ({"top_p": 0.0}, r"generate: top_p must be in \(0, 1\] or None, got 0.0"),
-        ({"top_p": 1.5}, r"top_p must be in \(0, 1\] or None, got 1.5"),
+        ({"top_p": 0.0}, r"generate: top_p must be a number in \(0, 1\] or None, got 0.0"),
+        ({"top_p": 1.5}, r"top_p must be a number in \(0, 1\] or None, got 1.5"),
         ({"block_size": 0}, r"generate: block_size must be an int >= 1 or None, got 0"),
-        ({"min_p": 1.5}, r"generate: min_p must be in \[0, 1\] or None, got 1.5"),
-        ({"min_p": -0.1}, r"min_p must be in \[0, 1\] or None, got -0.1"),
+        ({"min_p": 1.5}, r"generate: min_p must be a number in \[0, 1\] or None, got 1.5"),
+        ({"min_p": -0.1}, r"min_p must be a number in \[0, 1\] or None, got -0.1"),
         ({"repetition_penalty": 0.0}, r"generate: repetition_penalty must be a finite number > 0"),
         ({"presence_penalty": math.nan}, r"generate: presence_penalty must be a finite number"),
         ({"frequency_penalty": math.inf}, r"generate: frequency_penalty must be a finite number"),
         ({"num_threads": 0}, r"generate: num_threads must be an int >= 1 or None, got 0"),
         ({"num_threads": True}, r"generate: num_threads must be an int >= 1 or None, got True"),
         ({"stop_sequences": [[1], []]}, r"non-empty token sequences, got \[\] at index 1"),
-        ({"ids": torch.tensor([1, 2])}, r"ids must be an integer tensor of shape \(B, T\)"),
+        (
+            {"ids": torch.tensor([1, 2])},
+            r"ids must be an integer tensor \(int64 or int32\) of shape \(B, T\)",
+        ),
         ({"ids": torch.zeros(1, 2)}, r"got dtype torch.float32"),
         ({"ids": torch.zeros(2, 0, dtype=torch.long)}, r"T >= 1"),
     ],
@@ -811,8 +816,11 @@ def test_rows_stop_at_the_first_complete_stop_sequence_and_are_padded(
 ):
     ids = ids % 4
     g = torch.Generator().manual_seed(seed)
-    out = generate(Bigram(vocab_size=4, scale=0.3), ids, n, stop_ids=stop_ids,
-                   stop_sequences=stop_sequences, generator=g, pad_id=-1)  # fmt: skip
+    model = Bigram(vocab_size=5, scale=0.3)
+    with torch.no_grad():
+        model.table[:, 4] = -math.inf  # token 4 is never drawn, so as pad_id it marks padding
+    out = generate(model, ids, n, stop_ids=stop_ids, stop_sequences=stop_sequences,
+                   generator=g, pad_id=4)  # fmt: skip
     stops = [[s] for s in stop_ids] + stop_sequences
     T = ids.size(1)
     assert torch.equal(out[:, :T], ids)
@@ -825,22 +833,23 @@ def test_rows_stop_at_the_first_complete_stop_sequence_and_are_padded(
         )
         ends.append(end)
         if end is None:
-            assert -1 not in row
+            assert 4 not in row
         else:
-            assert -1 not in row[:end] and all(token == -1 for token in row[end:])
+            assert 4 not in row[:end] and all(token == 4 for token in row[end:])
     assert out.size(1) == T + (n if None in ends else min(n, max(ends)))
 
 
 def test_multi_token_stop_sequence_by_hand_and_never_across_the_prompt():
     # Successor over 6 tokens counts up; row 1's prompt ends with 2, so [2, 3] must not match
     # at its first generated token.
+    # The pad ids (5, then 2) differ from what the model would have written there (4, then 0).
     out = generate(Successor(6), torch.tensor([[0], [2]]), 10, temperature=0.0,
-                   stop_sequences=[[2, 3]], pad_id=9)  # fmt: skip
-    assert out.tolist() == [[0, 1, 2, 3, 9, 9, 9, 9], [2, 3, 4, 5, 0, 1, 2, 3]]
+                   stop_sequences=[[2, 3]], pad_id=5)  # fmt: skip
+    assert out.tolist() == [[0, 1, 2, 3, 5, 5, 5, 5], [2, 3, 4, 5, 0, 1, 2, 3]]
     # A single-token stop id and a longer stop sequence together; the first to complete wins.
     out = generate(Successor(6), torch.tensor([[0], [3]]), 10, temperature=0.0,
-                   stop_ids=[5], stop_sequences=[[1, 2, 3]], pad_id=9)  # fmt: skip
-    assert out.tolist() == [[0, 1, 2, 3], [3, 4, 5, 9]]
+                   stop_ids=[5], stop_sequences=[[1, 2, 3]], pad_id=2)  # fmt: skip
+    assert out.tolist() == [[0, 1, 2, 3], [3, 4, 5, 2]]
 
 
 @settings(max_examples=30)
@@ -1033,17 +1042,17 @@ def test_beam_search_edges_and_modes():
     "kwargs, match",
     [
         ({"num_beams": 0}, r"beam_search: num_beams must be an int >= 1, got 0"),
-        ({"max_new_tokens": -1}, r"beam_search: max_new_tokens must be >= 0, got -1"),
+        ({"max_new_tokens": -1}, r"beam_search: max_new_tokens must be an int >= 0, got -1"),
         ({"length_penalty": math.inf}, r"beam_search: length_penalty must be a finite number"),
         (
             {"stop_ids": [1, 3]},
-            r"beam_search: stop_ids must be token ids in \[0, 3\), got \[1, 3\]",
+            r"beam_search: stop_ids must hold int token ids in \[0, 3\), got 3 at index 1",
         ),
-        ({"stop_ids": [-1]}, r"stop_ids must be token ids in \[0, 3\)"),
+        ({"stop_ids": [-1]}, r"stop_ids must hold int token ids >= 0, got -1 at index 0"),
         ({"block_size": 0}, r"beam_search: block_size must be an int >= 1 or None, got 0"),
         (
             {"ids": torch.zeros(1, 2)},
-            r"beam_search: ids must be an integer tensor of shape \(B, T\)",
+            r"beam_search: ids must be an integer tensor \(int64 or int32\) of shape \(B, T\)",
         ),
     ],
 )
@@ -1052,6 +1061,200 @@ def test_beam_search_errors_name_the_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):
         beam_search(PrefixHash(), args.pop("ids"), args.pop("num_beams"),
                     args.pop("max_new_tokens"), **args)  # fmt: skip
+
+
+# --- argument types and token ids: refused up front, naming the parameter and the value ----------
+
+
+class Configured(nn.Module):
+    """Bigram logits over 11 ids with `config.vocab_size` (as `GPT` has), counting its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.bigram = Bigram(vocab_size=11)
+        self.config = SimpleNamespace(vocab_size=11)
+        self.calls = 0
+
+    def forward(self, ids):
+        self.calls += 1
+        return self.bigram(ids)
+
+
+def _refusal(decode, name, shown, **kwargs):
+    """Call `decode` on a `Configured` model; check the ValueError and that no step ran."""
+    model = Configured()
+    with pytest.raises(ValueError) as error:
+        decode(model, **kwargs)
+    message = str(error.value)
+    assert type(error.value) is ValueError
+    assert message.startswith(f"{name} must "), message  # after the function's name
+    assert f"got {shown}" in message, message
+    assert model.calls == 0  # checked before the first step
+    return message
+
+
+@pytest.mark.parametrize(
+    "kwargs, name, shown",
+    [
+        ({"max_new_tokens": 2.5}, "max_new_tokens", "2.5"),
+        ({"max_new_tokens": True}, "max_new_tokens", "True"),
+        ({"max_new_tokens": "3"}, "max_new_tokens", "'3'"),
+        ({"top_k": True}, "top_k", "True"),
+        ({"top_k": 2.5}, "top_k", "2.5"),
+        ({"top_k": "5"}, "top_k", "'5'"),
+        ({"temperature": True}, "temperature", "True"),
+        ({"temperature": "0.5"}, "temperature", "'0.5'"),
+        ({"temperature": math.nan}, "temperature", "nan"),
+        ({"top_p": True}, "top_p", "True"),
+        ({"top_p": "0.9"}, "top_p", "'0.9'"),
+        ({"top_p": math.nan}, "top_p", "nan"),
+        ({"min_p": False}, "min_p", "False"),
+        ({"min_p": "0.1"}, "min_p", "'0.1'"),
+        ({"repetition_penalty": True}, "repetition_penalty", "True"),
+        ({"repetition_penalty": "1.2"}, "repetition_penalty", "'1.2'"),
+        ({"presence_penalty": True}, "presence_penalty", "True"),
+        ({"presence_penalty": "0.5"}, "presence_penalty", "'0.5'"),
+        ({"frequency_penalty": False}, "frequency_penalty", "False"),
+        ({"frequency_penalty": None}, "frequency_penalty", "None"),
+        ({"num_threads": 2.5}, "num_threads", "2.5"),
+        ({"block_size": True}, "block_size", "True"),
+        ({"block_size": 2.5}, "block_size", "2.5"),
+        ({"stop_ids": [11]}, "stop_ids", "11 at index 0"),
+        ({"stop_ids": [3, -1]}, "stop_ids", "-1 at index 1"),
+        ({"stop_ids": [1.5]}, "stop_ids", "1.5 at index 0"),
+        ({"stop_ids": [True]}, "stop_ids", "True at index 0"),
+        ({"stop_ids": 3}, "stop_ids", "3"),
+        ({"stop_sequences": [1, 2]}, "stop_sequences", "1 at index 0"),
+        ({"stop_sequences": "12"}, "stop_sequences", "'12'"),
+        ({"stop_sequences": [[1], [2, 11]]}, "stop_sequences[1]", "11 at index 1"),
+        ({"stop_sequences": [[0.5]]}, "stop_sequences[0]", "0.5 at index 0"),
+        ({"pad_id": -1}, "pad_id", "-1"),
+        ({"pad_id": 11}, "pad_id", "11"),
+        ({"pad_id": 1.5}, "pad_id", "1.5"),
+        ({"pad_id": True}, "pad_id", "True"),
+        ({"ids": [[1, 2]]}, "ids", "a list"),
+        ({"ids": torch.tensor([[1, 11]])}, "ids", "11 at row 0, column 1"),
+        ({"ids": torch.tensor([[1, 2], [-3, 4]])}, "ids", "-3 at row 1, column 0"),
+        ({"attention_mask": [[True, True]]}, "attention_mask", "a list"),
+    ],
+)
+def test_generate_refuses_bad_values_up_front_naming_the_parameter_and_the_value(
+    kwargs, name, shown
+):
+    args = {"ids": torch.tensor([[1, 2]]), "max_new_tokens": 3} | kwargs
+    message = _refusal(generate, f"generate: {name}", shown, **args)
+    if name == "stop_sequences" and shown.endswith("at index 0"):  # a flat list
+        assert "such as [[5, 6]]" in message and "stop_ids" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs, name, shown",
+    [
+        ({"num_beams": True}, "num_beams", "True"),
+        ({"num_beams": 2.5}, "num_beams", "2.5"),
+        ({"num_beams": "2"}, "num_beams", "'2'"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens", "2.5"),
+        ({"max_new_tokens": True}, "max_new_tokens", "True"),
+        ({"length_penalty": True}, "length_penalty", "True"),
+        ({"length_penalty": "1"}, "length_penalty", "'1'"),
+        ({"length_penalty": math.nan}, "length_penalty", "nan"),
+        ({"stop_ids": [11]}, "stop_ids", "11 at index 0"),
+        ({"stop_ids": [1.5]}, "stop_ids", "1.5 at index 0"),
+        ({"stop_ids": [False]}, "stop_ids", "False at index 0"),
+        ({"stop_ids": 0}, "stop_ids", "0"),
+        ({"pad_id": 1.5}, "pad_id", "1.5"),
+        ({"pad_id": True}, "pad_id", "True"),
+        ({"pad_id": 2**63}, "pad_id", str(2**63)),  # beyond ids' int64
+        ({"block_size": True}, "block_size", "True"),
+        ({"ids": [[1]]}, "ids", "a list"),
+        ({"ids": torch.tensor([[11]])}, "ids", "11 at row 0, column 0"),
+    ],
+)
+def test_beam_search_refuses_bad_values_up_front_naming_the_parameter_and_the_value(
+    kwargs, name, shown
+):
+    args = {"ids": torch.tensor([[1]]), "num_beams": 2, "max_new_tokens": 3} | kwargs
+    _refusal(beam_search, f"beam_search: {name}", shown, **args)
+
+
+@pytest.mark.parametrize(
+    "ids, shown", [([[1, 2, 13]], "13 at row 0, column 2"), ([[4], [-1]], "-1 at row 1, column 0")]
+)
+def test_generate_and_beam_search_refuse_out_of_vocabulary_prompts(ids, shown):
+    model = _gpt("learned")  # config.vocab_size 13
+    prompt = torch.tensor(ids)
+    expected = f"ids must hold token ids in [0, 13) (the model's config.vocab_size), got {shown}"
+    with pytest.raises(ValueError, match=re.escape(f"generate: {expected}")):
+        generate(model, prompt, 3)
+    with pytest.raises(ValueError, match=re.escape(f"beam_search: {expected}")):
+        beam_search(model, prompt, 2, 3)
+    edge = torch.tensor([[0, 12]])  # the first and the last id are fine
+    assert generate(model, edge, 2, temperature=0.0).shape == (1, 4)
+    assert beam_search(model, edge, 2, 2)[0].shape == (1, 4)
+
+
+@pytest.mark.parametrize("stop_ids, shown", [([11], "11 at index 0"), ([2, 12], "12 at index 1")])
+def test_without_a_config_both_check_stop_ids_against_the_logits_alike(stop_ids, shown):
+    # Bigram has no config.vocab_size: the logits' width (11) is known after the first step.
+    messages = []
+    decoders = {"generate": generate, "beam_search": partial(beam_search, num_beams=2)}
+    for name, decode in decoders.items():
+        with pytest.raises(ValueError) as error:
+            decode(Bigram(), torch.tensor([[1]]), max_new_tokens=3, stop_ids=stop_ids)
+        messages.append(str(error.value).removeprefix(f"{name}: "))
+    assert messages == [f"stop_ids must hold int token ids in [0, 11), got {shown}"] * 2
+    with pytest.raises(ValueError, match=r"generate: pad_id must be an int token id in \[0, 11\)"):
+        generate(Bigram(), torch.tensor([[1]]), 3, stop_ids=[4], pad_id=11)
+    with pytest.raises(ValueError, match=r"stop_sequences\[0\] must hold .* got 11 at index 1"):
+        generate(Bigram(), torch.tensor([[1]]), 3, stop_sequences=[[4, 11]])
+
+
+def test_numpy_numbers_and_tensor_stop_ids_work_like_python_ones():
+    ids = torch.tensor([[1, 2], [3, 4]])
+
+    def run(n, **kwargs):
+        return generate(Bigram(), ids, n, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    plain = run(8, temperature=0.5, top_k=5, top_p=0.9, min_p=0.0625, repetition_penalty=1.5,
+                stop_ids=[3], stop_sequences=[[5, 6]], pad_id=1, block_size=4)  # fmt: skip
+    numpy = run(np.int64(8), temperature=np.float32(0.5), top_k=np.int32(5),
+                top_p=np.float64(0.9), min_p=np.float32(0.0625), repetition_penalty=np.float16(1.5),
+                stop_ids=torch.tensor([3]), stop_sequences=torch.tensor([[5, 6]]),
+                pad_id=np.int64(1), block_size=np.int64(4))  # fmt: skip
+    assert torch.equal(plain, numpy)
+    best, scores = beam_search(Bigram(), ids, 2, 4, stop_ids=[3], length_penalty=1)
+    numpy_best, numpy_scores = beam_search(
+        Bigram(), ids, np.int64(2), np.int64(4), stop_ids=range(3, 4), length_penalty=np.float32(1)
+    )
+    assert torch.equal(best, numpy_best) and torch.equal(scores, numpy_scores)
+
+
+def test_prompt_dtypes_and_zero_dim_tensor_arguments():
+    model = GPT(GPTConfig(vocab_size=300, n_layer=1, n_head=2, d_model=16, block_size=8))
+    wide = torch.tensor([[200, 299]], dtype=torch.int32)  # ids past int8's range, in the vocab
+    assert generate(model, wide, 2, temperature=0.0)[0, :2].tolist() == [200, 299]
+    for dtype in (torch.uint8, torch.int16, torch.float32):  # the embedding takes none of these
+        with pytest.raises(ValueError, match=rf"ids must be an integer tensor \(int64 or int32\)"
+                           rf".*got dtype {dtype}"):  # fmt: skip
+            generate(model, torch.tensor([[20]], dtype=dtype), 2)
+    # 0-dim tensors count as the numbers they hold (they did before the checks were added).
+    ids = torch.tensor([[5, 7]])
+    plain = generate(model, ids, 3, temperature=0.5, top_k=4, stop_ids=[9],
+                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+    tensors = generate(model, ids, torch.tensor(3), temperature=torch.tensor(0.5),
+                       top_k=torch.tensor(4), stop_ids=[torch.tensor(9)],
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.equal(plain, tensors)
+    with pytest.raises(ValueError, match="generate: top_k must be"):
+        generate(model, ids, 3, top_k=torch.tensor([4, 5]))  # not one number
+
+
+def test_beam_search_pad_id_only_fills_the_output_so_any_int_will_do():
+    ids = torch.tensor([[1], [2], [0]])
+    runs = {pad: beam_search(PrefixHash(), ids, 2, 4, stop_ids=[0], pad_id=pad) for pad in (-1, 7)}
+    (marked, scores), (other, other_scores) = runs[-1], runs[7]
+    assert (marked == -1).sum() == 4  # rows 1 and 2 stop after two tokens
+    assert torch.equal(marked.where(marked != -1, 7), other) and torch.equal(scores, other_scores)
 
 
 # --- KV cache and left padding with a GPT ------------------------------------------------------
@@ -1211,7 +1414,9 @@ def test_attention_mask_errors_name_the_parameter(mask, match):
 # --- documentation -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [sampling, _beam, _filters, _generate, _penalties, _step])
+@pytest.mark.parametrize(
+    "module", [sampling, _beam, _checks, _filters, _generate, _penalties, _step, _numbers]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

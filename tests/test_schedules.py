@@ -7,6 +7,7 @@ import math
 from functools import partial
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -104,7 +105,8 @@ def test_warmup_only_schedules_never_increase_after_warmup(fn, warmup, a, b):
 @pytest.mark.parametrize("fn", DECAYING)
 @given(step=steps, warmup=warmups, extra=st.integers(0, 10_000), min_ratio=min_ratios)
 def test_decay_stays_in_range(fn, step, warmup, extra, min_ratio):
-    value = fn(step, warmup_steps=warmup, total_steps=warmup + extra, min_ratio=min_ratio)
+    total = max(warmup + extra, 1)  # total_steps=0 is refused
+    value = fn(step, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
     assert 0.0 <= value <= 1.0
     if step >= warmup:
         assert min_ratio <= value <= 1.0
@@ -119,9 +121,10 @@ def test_warmup_only_schedules_stay_in_unit_interval(fn, step, warmup):
 @pytest.mark.parametrize("fn", DECAYING)
 @given(warmup=warmups, extra=st.integers(0, 10_000), min_ratio=min_ratios, beyond=steps)
 def test_decay_reaches_min_ratio_at_total_steps_and_stays(fn, warmup, extra, min_ratio, beyond):
-    kwargs = {"warmup_steps": warmup, "total_steps": warmup + extra, "min_ratio": min_ratio}
-    assert fn(warmup + extra, **kwargs) == min_ratio
-    assert fn(warmup + extra + beyond, **kwargs) == min_ratio
+    total = max(warmup + extra, 1)  # total_steps=0 is refused
+    kwargs = {"warmup_steps": warmup, "total_steps": total, "min_ratio": min_ratio}
+    assert fn(total, **kwargs) == min_ratio
+    assert fn(total + beyond, **kwargs) == min_ratio
 
 
 @given(step=steps, warmup=warmups, extra=st.integers(1, 10_000), min_ratio=min_ratios)
@@ -162,10 +165,13 @@ def test_inverse_sqrt_times_sqrt_step_is_constant_after_warmup(step, warmup):
 @pytest.mark.parametrize(
     "call, match",
     [
-        (partial(warmup_cosine, -1, warmup_steps=0, total_steps=10), r"step must be >= 0, got -1"),
+        (
+            partial(warmup_cosine, -1, warmup_steps=0, total_steps=10),
+            r"step must be an int >= 0, got -1",
+        ),
         (
             partial(warmup_cosine, 0, warmup_steps=-2, total_steps=10),
-            r"warmup_cosine: warmup_steps must be >= 0, got -2",
+            r"warmup_cosine: warmup_steps must be an int >= 0, got -2",
         ),
         (
             partial(warmup_cosine, 0, warmup_steps=10, total_steps=5),
@@ -173,21 +179,81 @@ def test_inverse_sqrt_times_sqrt_step_is_constant_after_warmup(step, warmup):
         ),
         (
             partial(warmup_cosine, 0, warmup_steps=1, total_steps=5, min_ratio=1.5),
-            r"min_ratio must be in \[0, 1\], got 1.5",
+            r"min_ratio must be a number in \[0, 1\], got 1.5",
         ),
         (
             partial(warmup_linear, 0, warmup_steps=1, total_steps=5, min_ratio=-0.1),
-            r"warmup_linear: min_ratio must be in \[0, 1\], got -0.1",
+            r"warmup_linear: min_ratio must be a number in \[0, 1\], got -0.1",
         ),
-        (partial(warmup_linear, -3, warmup_steps=1, total_steps=5), r"step must be >= 0, got -3"),
-        (partial(constant_with_warmup, -1, warmup_steps=1), r"step must be >= 0, got -1"),
-        (partial(constant_with_warmup, 0, warmup_steps=-1), r"warmup_steps must be >= 0"),
-        (partial(inverse_sqrt, 0, warmup_steps=-5), r"inverse_sqrt: warmup_steps must be >= 0"),
+        (
+            partial(warmup_linear, -3, warmup_steps=1, total_steps=5),
+            r"step must be an int >= 0, got -3",
+        ),
+        (partial(constant_with_warmup, -1, warmup_steps=1), r"step must be an int >= 0, got -1"),
+        (partial(constant_with_warmup, 0, warmup_steps=-1), r"warmup_steps must be an int >= 0"),
+        (
+            partial(inverse_sqrt, 0, warmup_steps=-5),
+            r"inverse_sqrt: warmup_steps must be an int >= 0",
+        ),
     ],
 )
 def test_errors_name_the_parameter(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+VALID = {
+    warmup_cosine: {"warmup_steps": 10, "total_steps": 100, "min_ratio": 0.1},
+    warmup_linear: {"warmup_steps": 10, "total_steps": 100, "min_ratio": 0.1},
+    constant_with_warmup: {"warmup_steps": 10},
+    inverse_sqrt: {"warmup_steps": 10},
+}
+NOT_INTS = [True, False, 2.5, 10.0, math.nan, math.inf, -math.inf, "10", None]
+NOT_RATIOS = [True, False, math.nan, math.inf, "0.1", None]
+
+
+@pytest.mark.parametrize(
+    "fn, param, value",
+    [
+        pytest.param(fn, param, value, id=f"{fn.__name__}-{param}-{value!r}")
+        for fn, kwargs in VALID.items()
+        for param in ["step", *kwargs]
+        for value in (NOT_RATIOS if param == "min_ratio" else NOT_INTS)
+    ],
+)
+def test_schedules_refuse_bools_non_integers_nan_and_strings(fn, param, value):
+    kwargs = dict(VALID[fn])
+    step = 50
+    if param == "step":
+        step = value
+    else:
+        kwargs[param] = value
+    with pytest.raises(ValueError) as error:
+        fn(step, **kwargs)
+    message = str(error.value)
+    allowed = "a number in [0, 1]" if param == "min_ratio" else "an int >= "
+    assert message.startswith(f"{fn.__name__}: {param} must be {allowed}"), message
+    assert message.endswith(f"got {value!r}"), message
+
+
+@pytest.mark.parametrize("fn", DECAYING)
+def test_decaying_schedules_refuse_total_steps_below_one(fn):
+    with pytest.raises(ValueError, match=rf"{fn.__name__}: total_steps must be an int >= 1, got 0"):
+        fn(0, warmup_steps=0, total_steps=0)
+    assert fn(0, warmup_steps=0, total_steps=1) == 1.0  # the smallest schedule still decays
+    assert fn(1, warmup_steps=0, total_steps=1, min_ratio=0.25) == 0.25
+
+
+@pytest.mark.parametrize("fn", DECAYING + WARMUP_ONLY)
+def test_numpy_numbers_work_like_python_ones_and_give_a_float(fn):
+    plain = dict(VALID[fn])
+    numpy = {key: np.int64(value) for key, value in plain.items() if key != "min_ratio"}
+    if "min_ratio" in plain:
+        plain["min_ratio"], numpy["min_ratio"] = 0.5, np.float32(0.5)  # exact in float32
+    for step in (0, 5, 10, 55, 100, 400):
+        value = fn(np.int32(step), **numpy)
+        assert type(value) is float
+        assert value == fn(step, **plain)
 
 
 # --- lambda_lr ---------------------------------------------------------------------------------
@@ -227,6 +293,8 @@ def test_lambda_lr_rejects_bad_arguments_on_construction():
     optimizer = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=1.0)
     with pytest.raises(ValueError, match="total_steps must be >= warmup_steps"):
         lambda_lr(optimizer, warmup_linear, warmup_steps=10, total_steps=3)
+    with pytest.raises(ValueError, match=r"warmup_steps must be an int >= 0, got True"):
+        lambda_lr(optimizer, inverse_sqrt, warmup_steps=True)
     with pytest.raises(TypeError, match="fn must be a callable"):
         lambda_lr(optimizer, 0.5)
 
@@ -401,15 +469,44 @@ def test_lr_finder_cycles_short_iterables_and_one_shot_iterators():
             {"start_lr": 1.0, "end_lr": 0.5},
             r"end_lr must be finite and > start_lr \(1.0\), got 0.5",
         ),
-        ({"num_steps": 1}, r"num_steps must be >= 2, got 1"),
-        ({"smoothing": 0.0}, r"smoothing must be in \(0, 1\], got 0.0"),
-        ({"diverge_factor": 1.0}, r"diverge_factor must be > 1, got 1.0"),
+        ({"num_steps": 1}, r"num_steps must be an int >= 2, got 1"),
+        ({"smoothing": 0.0}, r"smoothing must be a number in \(0, 1\], got 0.0"),
+        ({"diverge_factor": 1.0}, r"diverge_factor must be a number > 1, got 1.0"),
         ({"optimizer_factory": torch.optim.SGD, "optimizer": "x"}, r"not both"),
     ],
 )
 def test_lr_finder_errors_name_the_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):
         lr_finder(nn.Linear(8, 1), _regression_batches(), loss_fn=_mse, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "param, value",
+    [
+        ("start_lr", True),
+        ("start_lr", "1e-3"),
+        ("start_lr", math.nan),
+        ("end_lr", "1"),
+        ("end_lr", math.nan),
+        ("end_lr", math.inf),
+        ("num_steps", 2.5),
+        ("num_steps", True),
+        ("num_steps", "10"),
+        ("smoothing", True),
+        ("smoothing", "0.1"),
+        ("diverge_factor", math.nan),
+        ("diverge_factor", "2"),
+    ],
+)
+def test_lr_finder_refuses_bad_types_naming_the_parameter_and_the_value(param, value):
+    model = nn.Linear(8, 1)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError) as error:
+        lr_finder(model, _regression_batches(), loss_fn=_mse, **{param: value})
+    message = str(error.value)
+    assert message.startswith(f"lr_finder: {param} must be "), message
+    assert message.endswith(f"got {value!r}"), message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_lr_finder_rejects_empty_batches_and_restores_the_model():

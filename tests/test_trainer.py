@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from transformer_kit import schedules
 from transformer_kit.checkpoint import CheckpointError, CheckpointManager
@@ -356,14 +359,246 @@ def test_bf16_autocast_on_cpu_trains():
     [
         ("max_steps", 0, "max_steps must be an integer >= 1, got 0"),
         ("precision", "fp8", "precision must be one of"),
-        ("grad_clip", -1.0, "grad_clip must be > 0 or None"),
-        ("min_lr_ratio", 2.0, "min_lr_ratio must be in"),
+        ("grad_clip", -1.0, r"grad_clip must be a finite number > 0, or None \(no clipping\)"),
+        ("min_lr_ratio", 2.0, r"min_lr_ratio must be a number in \[0, 1\], got 2.0"),
         ("checkpoint_error", "ignore", "checkpoint_error must be one of"),
     ],
 )
 def test_config_errors_name_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainerConfig(**{field: value})
+
+
+INF, NAN = float("inf"), float("nan")
+DEVICES = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) or 'mps'"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("lr", INF, "a finite number > 0"),
+        ("lr", NAN, "a finite number > 0"),
+        ("lr", True, "a finite number > 0"),
+        ("lr", "1e-3", "a finite number > 0"),
+        ("lr", 0, "a finite number > 0"),
+        ("weight_decay", NAN, "a finite number >= 0"),
+        ("weight_decay", INF, "a finite number >= 0"),
+        ("weight_decay", False, "a finite number >= 0"),
+        ("min_lr_ratio", True, "a number in [0, 1]"),
+        ("min_lr_ratio", "0.1", "a number in [0, 1]"),
+        ("betas", 0.9, "two numbers in [0, 1)"),
+        ("betas", (0.9,), "two numbers in [0, 1)"),
+        ("betas", (0.9, 0.95, 0.99), "two numbers in [0, 1)"),
+        ("betas", (0.9, NAN), "two numbers in [0, 1)"),
+        ("betas", (False, 0.95), "two numbers in [0, 1)"),
+        ("betas", "ab", "two numbers in [0, 1)"),
+        ("warmup_steps", True, "an integer >= 0"),
+        ("warmup_steps", 1.0, "an integer >= 0"),
+        ("max_rollbacks", False, "an integer >= 0"),
+        ("max_steps", True, "an integer >= 1"),
+        ("batch_size", 8.0, "an integer >= 1"),
+        ("checkpoint_every", True, "an integer >= 1 or None"),
+        ("checkpoint_every", 1.5, "an integer >= 1 or None"),
+        ("checkpoint_every", 0, "an integer >= 1 or None"),
+        ("seed", 1.5, "an integer in [-2**63, 2**64) (the range torch.manual_seed accepts)"),
+        ("seed", "a", "an integer in [-2**63, 2**64)"),
+        ("seed", 2**70, "an integer in [-2**63, 2**64)"),
+        ("seed", 2**64, "an integer in [-2**63, 2**64)"),
+        ("seed", -(2**63) - 1, "an integer in [-2**63, 2**64)"),
+        ("seed", True, "an integer in [-2**63, 2**64)"),
+        ("device", "gpu", DEVICES),
+        ("device", "cuda:-1", DEVICES),
+        ("device", "cuda:01", DEVICES),
+        ("device", "CPU", DEVICES),
+        ("device", "meta", DEVICES),
+        ("device", None, DEVICES),
+        ("compile", 1, "True or False"),
+        ("compile", "yes", "True or False"),
+        ("fsdp", 0, "True or False"),
+        ("fsdp", np.bool_(True), "True or False"),
+        ("restore_best", None, "True or False"),
+        ("time_limit_s", INF, "a finite number of seconds > 0, or None (no limit)"),
+        ("time_limit_s", True, "a finite number of seconds > 0, or None (no limit)"),
+        ("time_limit_s", 0, "a finite number of seconds > 0, or None (no limit)"),
+        ("grad_clip", INF, "a finite number > 0, or None (no clipping)"),
+        ("grad_clip", True, "a finite number > 0, or None (no clipping)"),
+        ("spike_factor", INF, "a finite number > 1, or None (no rollback)"),
+        ("spike_factor", True, "a finite number > 1, or None (no rollback)"),
+        ("ema_decay", NAN, "a number in (0, 1) or None"),
+        ("optimizer", "sgd", "one of ('adamw', 'muon', 'adafactor')"),
+        ("precision", None, "one of ('fp32', 'bf16', 'fp16')"),
+        ("checkpoint_error", True, "one of ('raise', 'continue')"),
+    ],
+)
+def test_config_refuses_a_bad_value_naming_field_value_and_rule(field, value, allowed):
+    with pytest.raises(ValueError) as caught:
+        TrainerConfig(**{field: value})
+    message = str(caught.value)
+    assert message.startswith(f"TrainerConfig.{field} must be {allowed}"), message
+    # A value of the wrong type is shown with its type (a bool is not a number here).
+    integers = {
+        f.name for f in dataclasses.fields(TrainerConfig) if f.type in ("int", "int | None")
+    }
+    assert {"seed", "warmup_steps", "checkpoint_every", "max_steps"} <= integers
+    right_type = {
+        "betas": lambda v: isinstance(v, tuple | list),
+        "device": lambda v: isinstance(v, str),
+        "compile": lambda v: isinstance(v, bool),
+        "fsdp": lambda v: isinstance(v, bool),
+        "restore_best": lambda v: isinstance(v, bool),
+        "optimizer": lambda v: True,  # a choice: the allowed strings say it all
+        "precision": lambda v: True,
+        "checkpoint_error": lambda v: True,
+    }.get(field, lambda v: type(v) is int or (type(v) is float and field not in integers))
+    if not right_type(value):
+        kind = type(value)
+        module = "" if kind.__module__ == "builtins" else f"{kind.__module__}."
+        assert message.endswith(f"got {value!r} of type {module}{kind.__name__}"), message
+    else:
+        assert message.endswith(f"got {value!r}"), message
+
+
+def test_config_keeps_valid_values_and_stores_them_as_plain_python():
+    config = TrainerConfig(
+        lr=np.float64(1e-3),
+        min_lr_ratio=0,
+        betas=[0.9, np.float32(0.5)],
+        max_steps=np.int64(7),
+        seed=np.int64(-1),
+        grad_clip=1,
+        time_limit_s=60,
+        device="cuda:12",  # which devices exist is the Trainer's question, not the config's
+    )
+    values = config.to_dict()
+    assert values["lr"] == 1e-3 and type(values["lr"]) is float
+    assert values["min_lr_ratio"] == 0.0 and type(values["min_lr_ratio"]) is float
+    assert values["betas"] == (0.9, 0.5) and type(values["betas"]) is tuple
+    assert all(type(b) is float for b in values["betas"])
+    assert values["max_steps"] == 7 and type(values["max_steps"]) is int
+    assert values["seed"] == -1 and type(values["seed"]) is int
+    assert values["grad_clip"] == 1.0 and type(values["grad_clip"]) is float
+    assert values["time_limit_s"] == 60.0 and values["device"] == "cuda:12"
+    for device in ("auto", "cpu", "cuda", "cuda:0", "mps"):
+        assert TrainerConfig(device=device).device == device
+    for device, name in ((torch.device("cpu"), "cpu"), (torch.device("cuda", 1), "cuda:1")):
+        assert TrainerConfig(device=device).device == name  # a torch.device, by its name
+    for seed in (-(2**63), 0, 2**64 - 1):
+        assert TrainerConfig(seed=seed).seed == seed
+    for decay in (None, 0.5):
+        assert TrainerConfig(ema_decay=decay, checkpoint_every=None).ema_decay == decay
+    # An older run's saved settings (ints where floats are now stored, betas as a list) are
+    # the same settings to a resume.
+    old = {"lr": 1, "betas": [0.9, 0.95], "weight_decay": 0, "grad_clip": 1, "seed": 3}
+    assert TrainerConfig(lr=1, weight_decay=0, grad_clip=1, seed=3).resume_changes(old) == {}
+
+
+_RULES = {  # (name, finite values allowed): an oracle written apart from config.py
+    "lr": lambda x: x > 0,
+    "min_lr_ratio": lambda x: 0 <= x <= 1,
+    "weight_decay": lambda x: x >= 0,
+    "grad_clip": lambda x: x > 0,
+    "spike_factor": lambda x: x > 1,
+    "ema_decay": lambda x: 0 < x < 1,
+    "time_limit_s": lambda x: x > 0,
+}
+
+
+@given(
+    field=st.sampled_from(sorted(_RULES)),
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(10**6), max_value=10**6),
+        st.booleans(),
+        st.text(max_size=4),
+    ),
+)
+def test_real_fields_take_exactly_the_finite_numbers_in_range(field, value):
+    number = not isinstance(value, bool | str)
+    valid = number and math.isfinite(value) and _RULES[field](value)
+    if not valid:
+        with pytest.raises(ValueError, match=rf"^TrainerConfig\.{field} must be .*, got "):
+            TrainerConfig(**{field: value})
+        return
+    config = TrainerConfig(**{field: value})
+    assert getattr(config, field) == value and type(getattr(config, field)) is float
+    # A checkpoint's copy of the settings compares equal on resume (tuples come back as lists).
+    saved = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
+    assert config.resume_changes(saved) == {}
+    assert TrainerConfig(**config.to_dict()) == config
+
+
+@given(seed=st.integers(min_value=-(2**66), max_value=2**66))
+def test_seed_is_accepted_exactly_in_torch_manual_seed_range(seed):
+    try:
+        torch.Generator().manual_seed(seed)
+        torch_takes_it = True
+    except (RuntimeError, ValueError):
+        torch_takes_it = False
+    if torch_takes_it:
+        assert TrainerConfig(seed=seed).seed == seed
+    else:
+        with pytest.raises(ValueError, match=rf"TrainerConfig\.seed must be .*got {seed}$"):
+            TrainerConfig(seed=seed)
+
+
+def test_seeds_at_the_ends_of_the_range_train_and_evaluate():
+    # The train-split evaluation seeds its own generator with seed + 1_000_003, taken modulo
+    # 2**64 as torch takes a negative seed: seed 2**64 - 1 is seed -1.
+    top, minus_one = make_trainer(seed=2**64 - 1), make_trainer(seed=-1)
+    assert top.evaluate()["train_loss"] == minus_one.evaluate()["train_loss"]
+    assert torch.equal(top.next_batch()[0], minus_one.next_batch()[0])
+    assert top.evaluate()["train_loss"] != make_trainer(seed=0).evaluate()["train_loss"]
+
+
+def test_config_with_numpy_numbers_saves_checkpoints_that_load(tmp_path):
+    # torch.load(weights_only=True) refuses numpy scalars: stored as they came, such a
+    # setting made every checkpoint of the run unreadable.
+    trainer = make_trainer(tmp_path, max_steps=2, eval_every=2, lr=np.float64(3e-3))
+    trainer.fit()
+    saved = trainer.checkpoints.load("last")["trainer_config"]
+    assert saved["lr"] == 3e-3 and type(saved["lr"]) is float
+    assert make_trainer(tmp_path, max_steps=4, eval_every=2, lr=3e-3).resume()
+
+
+def _refused_before_writing(tmp_path, message, **overrides):
+    checkpoints = CheckpointManager(tmp_path / "checkpoints")
+    loggers = [JSONLLogger(tmp_path / "metrics.jsonl")]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(ValueError, match=message):
+        make_trainer(checkpoints=checkpoints, loggers=loggers, **overrides)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_a_cuda_device_without_cuda_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        _refused_before_writing(
+            tmp_path,
+            rf"TrainerConfig.device='{device}' needs CUDA, which is not available here",
+            device=device,
+        )
+    assert make_trainer(device="auto").device == torch.device("cpu")
+
+
+def test_a_cuda_index_the_machine_lacks_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _refused_before_writing(
+        tmp_path,
+        r"TrainerConfig.device='cuda:2' resolves to cuda:2, but this machine has 2 CUDA "
+        r"device\(s\) \(cuda:0 to cuda:1\)",
+        device="cuda:2",
+    )
+
+
+def test_mps_without_mps_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    _refused_before_writing(
+        tmp_path, r"TrainerConfig.device='mps' needs Apple's MPS backend", device="mps"
+    )
 
 
 def test_fp16_on_cpu_is_refused():

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from transformer_kit import sampling
 from transformer_kit._version import __version__
 from transformer_kit.averaging import inference_weights
-from transformer_kit.checkpoint import CheckpointManager
+from transformer_kit.checkpoint import CheckpointError, CheckpointManager
 from transformer_kit.logging import plot_metrics
 from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.tokenization import MusicTokenizer, load_tokenizer
@@ -28,15 +29,31 @@ from transformer_kit.tokenization import MusicTokenizer, load_tokenizer
 __all__ = ["main"]
 
 
+def _run_folder(command: str, run_dir: str, *needs: str) -> Path:
+    """The run folder, or an exit message when it is missing, a file, or lacks what is needed."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        what = "is a file, not a folder" if run.exists() else "does not exist"
+        raise SystemExit(f"transformer-kit {command}: the run folder {run} {what}")
+    missing = [name for name in needs if not (run / name).exists()]
+    if missing:
+        raise SystemExit(
+            f"transformer-kit {command}: {run} has no {' and no '.join(missing)}; "
+            "name a run folder written by examples/train_text.py"
+        )
+    return run
+
+
 def _generate(args: argparse.Namespace) -> int:
-    run = Path(args.run_dir)
+    run = _run_folder("generate", args.run_dir, "tokenizer.json", "checkpoints")
     tokenizer = load_tokenizer(run / "tokenizer.json")
     if isinstance(tokenizer, MusicTokenizer):
         raise SystemExit(
             f"generate: {run} is a music run (MusicTokenizer), which takes no text prompt; "
             f"sample it with: python examples/bach.py --out-dir {run} --evaluate best"
         )
-    state = CheckpointManager(run / "checkpoints").load(args.checkpoint)
+    # Read-only: the run may still be training, and saving into this folder.
+    state = CheckpointManager(run / "checkpoints", read_only=True).load(args.checkpoint)
     model = GPT(GPTConfig.from_dict(state["config"]))
     weights = inference_weights(state)  # the weight average when the run kept one
     extra = sorted(_parts(weights) - _parts(model.state_dict()))
@@ -72,14 +89,15 @@ def _parts(state: Mapping[str, object]) -> set[str]:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    run = Path(args.run_dir)
+    run = _run_folder("plot", args.run_dir, "metrics.jsonl")
     out = Path(args.out) if args.out else run / "loss.png"
     print(plot_metrics(run / "metrics.jsonl", out))
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    manager = CheckpointManager(Path(args.run_dir) / "checkpoints")
+    run = _run_folder("inspect", args.run_dir, "checkpoints")
+    manager = CheckpointManager(run / "checkpoints", read_only=True)  # changes nothing
     print(json.dumps(manager.manifest, indent=2, default=str))
     return 0
 
@@ -93,11 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("run_dir", help="a run folder written by examples/train_text.py")
     gen.add_argument("--checkpoint", default="best", help='"best" (default) or "last"')
     gen.add_argument("--prompt", default="\n")
-    gen.add_argument("--max-new-tokens", type=int, default=300)
-    gen.add_argument("--num-samples", type=int, default=1)
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--max-new-tokens", type=_int_from(1), default=300)
+    gen.add_argument("--num-samples", type=_int_from(1), default=1)
+    gen.add_argument("--temperature", type=_real_in(0, math.inf, low_ok=True), default=0.8,
+                     help="0: greedy")  # fmt: skip
+    gen.add_argument("--top-k", type=_int_from(1), default=None)
+    gen.add_argument("--top-p", type=_real_in(0, 1, low_ok=False), default=None)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=_generate)
 
@@ -112,10 +131,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _int_from(least: int) -> Callable[[str], int]:
+    """An argparse type: an int >= ``least``; argparse names the flag in its error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be an int >= {least}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _real_in(low: float, high: float, *, low_ok: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``low`` (or equal, with ``low_ok``), <= ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low <= value <= high and math.isfinite(value)) or (value == low and not low_ok):
+            bounds = f"{'>=' if low_ok else '>'} {low:g}"
+            bounds += f" and <= {high:g}" if math.isfinite(high) else ""
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `transformer-kit` console script."""
+    """Entry point of the `transformer-kit` console script.
+
+    Errors in the run folder's files (a corrupt manifest, an unknown checkpoint, a tokenizer
+    that does not load) end the command with their message, not a traceback.
+    """
     args = _parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (CheckpointError, ValueError, OSError) as error:
+        raise SystemExit(f"transformer-kit {args.command}: {error}") from error
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ __all__ = [
     "all_reduce_mean",
     "broadcast_from_main",
     "init_distributed",
+    "resolve_device",
     "shutdown_distributed",
 ]
 
@@ -48,22 +49,68 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def resolve_device(device: str | torch.device, *, name: str = "device") -> torch.device:
+    """The torch device ``device`` names ("auto": CUDA when present, else CPU), or an error.
+
+    Refused, with ``name`` in the message: a name torch does not know, and a CUDA or MPS device
+    this machine lacks, a CUDA index beyond its device count included.
+
+        >>> resolve_device("cpu")
+        device(type='cpu')
+
+    Raises:
+        ValueError: naming ``name``, the value and what to use instead.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"{name}={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{name}={device!r} needs CUDA, which is not available here "
+            "(torch.cuda.is_available() is False); use 'cpu', or 'auto' for CUDA when present"
+        )
+    if resolved.type == "cuda" and resolved.index is not None:
+        count = torch.cuda.device_count()
+        if resolved.index >= count:
+            raise ValueError(
+                f"{name}={device!r} names a CUDA device this machine lacks: it has {count} "
+                f"(cuda:0 to cuda:{count - 1}); use one of them or 'cuda'"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"{name}={device!r} needs Apple's MPS backend, which is not available "
+            "here (torch.backends.mps.is_available() is False); use 'cpu' or 'auto'"
+        )
+    return resolved
+
+
 def init_distributed(device: str | torch.device = "cpu") -> DistributedContext:
     """Read torchrun's environment and initialise the default process group if needed.
 
+    ``device`` ("auto", "cpu", "cuda", ...) is checked first with `resolve_device`, so a
+    script that starts here learns of a device this machine lacks before it writes anything.
     Uses nccl for CUDA devices and gloo otherwise. With no torchrun environment (or
     WORLD_SIZE=1) this returns the single-process context and starts nothing. Otherwise it
     returns once every rank has started the group (a barrier: torch's own start-up waits for
     the others only with gloo), so what a script checked before calling it was checked on
     every rank before any rank goes on to write.
+
+    Raises:
+        ValueError: if ``device`` names no device, or one this machine lacks.
     """
+    resolved = resolve_device(device, name="init_distributed: device")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)

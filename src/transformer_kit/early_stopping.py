@@ -156,6 +156,8 @@ class EarlyStopping:
             raise TypeError(
                 f"EarlyStopping: monitor must be a metric key or a callable, got {monitor!r}"
             )
+        if monitor == "":
+            raise ValueError("EarlyStopping: monitor must be a metric key, got '' (empty)")
         self.patience = patience
         self.min_delta = float(min_delta)
         self.mode: Mode = mode

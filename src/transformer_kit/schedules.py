@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from transformer_kit._numbers import _check_int, _check_real
+
 __all__ = [
     "LRFinderResult",
     "constant_with_warmup",
@@ -34,23 +36,42 @@ __all__ = [
 ]
 
 
-def _check_warmup(name: str, step: int, warmup_steps: int) -> None:
-    if step < 0:
-        raise ValueError(f"{name}: step must be >= 0, got {step!r}")
-    if warmup_steps < 0:
-        raise ValueError(f"{name}: warmup_steps must be >= 0, got {warmup_steps!r}")
+# The schedules run at every optimizer step: the checks (`_numbers`) take plain ints and floats
+# first.
+
+
+def _check_warmup(name: str, step: object, warmup_steps: object) -> tuple[int, int]:
+    if type(step) is int and type(warmup_steps) is int and step >= 0 and warmup_steps >= 0:
+        return step, warmup_steps  # the usual case, without the calls below
+    return _check_int(name, "step", step, 0), _check_int(name, "warmup_steps", warmup_steps, 0)
 
 
 def _check_decay(
-    name: str, step: int, warmup_steps: int, total_steps: int, min_ratio: float
-) -> None:
-    _check_warmup(name, step, warmup_steps)
-    if total_steps < warmup_steps:
+    name: str, step: object, warmup_steps: object, total_steps: object, min_ratio: object
+) -> tuple[int, int, int, float]:
+    if (
+        type(step) is int
+        and type(warmup_steps) is int
+        and type(total_steps) is int
+        and type(min_ratio) is float
+        and step >= 0
+        and 0 <= warmup_steps <= total_steps
+        and total_steps >= 1
+        and 0.0 <= min_ratio <= 1.0
+    ):
+        return step, warmup_steps, total_steps, min_ratio  # the usual case, checked in one go
+    step, warmup = _check_warmup(name, step, warmup_steps)
+    total = _check_int(name, "total_steps", total_steps, 1)
+    if total < warmup:
         raise ValueError(
-            f"{name}: total_steps must be >= warmup_steps ({warmup_steps}), got {total_steps!r}"
+            f"{name}: total_steps must be >= warmup_steps ({warmup}), got {total_steps!r}"
         )
-    if not 0.0 <= min_ratio <= 1.0:
-        raise ValueError(f"{name}: min_ratio must be in [0, 1], got {min_ratio!r}")
+    ratio = _check_real(name, "min_ratio", min_ratio, "a number in [0, 1]", _in_unit_interval)
+    return step, warmup, total, ratio
+
+
+def _in_unit_interval(x: float) -> bool:
+    return 0.0 <= x <= 1.0
 
 
 def warmup_cosine(
@@ -65,24 +86,28 @@ def warmup_cosine(
     drops straight to `min_ratio` once warmup ends.
 
     Args:
-        step: Optimizer step, counted from 0.
-        warmup_steps: Length of the linear warmup; 0 means none (1.0 at step 0).
-        total_steps: Step at which the decay reaches `min_ratio`; at least `warmup_steps`.
+        step: Optimizer step, counted from 0: an int >= 0.
+        warmup_steps: Length of the linear warmup, an int >= 0; 0 means none (1.0 at step 0).
+        total_steps: Step at which the decay reaches `min_ratio`: an int >= 1 and at least
+            `warmup_steps`.
         min_ratio: Floor of the multiplier, in [0, 1].
 
     Raises:
-        ValueError: If a step count is negative, `total_steps < warmup_steps`, or `min_ratio` is
-            outside [0, 1].
+        ValueError: If `step` or `warmup_steps` is not an int >= 0, `total_steps` is not an int
+            >= 1 and >= `warmup_steps`, or `min_ratio` is not a number in [0, 1] (bools, NaN
+            and infinities are refused; NumPy ints and floats are fine).
 
     Example:
         >>> warmup_cosine(55, warmup_steps=10, total_steps=100)
         0.5
     """
-    _check_decay("warmup_cosine", step, warmup_steps, total_steps, min_ratio)
+    step, warmup_steps, total_steps, min_ratio = _check_decay(
+        "warmup_cosine", step, warmup_steps, total_steps, min_ratio
+    )
     if step < warmup_steps:
         return step / warmup_steps
     if step >= total_steps:
-        return float(min_ratio)
+        return min_ratio
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     # The clamp absorbs the one-ulp overshoot of m + (1 - m) * 1.0 for some m.
@@ -98,18 +123,21 @@ def warmup_linear(
     `total_steps`), with the cosine replaced by `1 - progress`.
 
     Raises:
-        ValueError: If a step count is negative, `total_steps < warmup_steps`, or `min_ratio` is
-            outside [0, 1].
+        ValueError: If `step` or `warmup_steps` is not an int >= 0, `total_steps` is not an int
+            >= 1 and >= `warmup_steps`, or `min_ratio` is not a number in [0, 1] (bools, NaN
+            and infinities are refused; NumPy ints and floats are fine).
 
     Example:
         >>> warmup_linear(55, warmup_steps=10, total_steps=100)
         0.5
     """
-    _check_decay("warmup_linear", step, warmup_steps, total_steps, min_ratio)
+    step, warmup_steps, total_steps, min_ratio = _check_decay(
+        "warmup_linear", step, warmup_steps, total_steps, min_ratio
+    )
     if step < warmup_steps:
         return step / warmup_steps
     if step >= total_steps:
-        return float(min_ratio)
+        return min_ratio
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return min(1.0, min_ratio + (1.0 - min_ratio) * (1.0 - progress))
 
@@ -118,13 +146,13 @@ def constant_with_warmup(step: int, *, warmup_steps: int) -> float:
     """Linear warmup from 0 to 1 over `warmup_steps`, then 1.0 for ever.
 
     Raises:
-        ValueError: If `step` or `warmup_steps` is negative.
+        ValueError: If `step` or `warmup_steps` is not an int >= 0 (bools are refused).
 
     Example:
         >>> constant_with_warmup(5, warmup_steps=10)
         0.5
     """
-    _check_warmup("constant_with_warmup", step, warmup_steps)
+    step, warmup_steps = _check_warmup("constant_with_warmup", step, warmup_steps)
     if step < warmup_steps:
         return step / warmup_steps
     return 1.0
@@ -137,13 +165,13 @@ def inverse_sqrt(step: int, *, warmup_steps: int) -> float:
     With `warmup_steps=0` it is `1 / sqrt(max(step, 1))`: 1.0 at steps 0 and 1, then the decay.
 
     Raises:
-        ValueError: If `step` or `warmup_steps` is negative.
+        ValueError: If `step` or `warmup_steps` is not an int >= 0 (bools are refused).
 
     Example:
         >>> inverse_sqrt(400, warmup_steps=100)
         0.5
     """
-    _check_warmup("inverse_sqrt", step, warmup_steps)
+    step, warmup_steps = _check_warmup("inverse_sqrt", step, warmup_steps)
     if step < warmup_steps:
         return step / warmup_steps
     if warmup_steps == 0:
@@ -254,11 +282,12 @@ def lr_finder(
         loss_fn: `loss_fn(model, batch) -> scalar loss`. The default calls `model(*batch)` for a
             tuple or list batch and `model(batch)` otherwise, and takes the output's `.loss`
             attribute if it has one, else the output itself.
-        start_lr: First learning rate, > 0.
-        end_lr: Last learning rate, > `start_lr`.
-        num_steps: Number of learning rates to try, >= 2.
+        start_lr: First learning rate, a finite number > 0.
+        end_lr: Last learning rate, finite and > `start_lr`.
+        num_steps: Number of learning rates to try, an int >= 2.
         smoothing: Weight of the newest loss in the moving average, in (0, 1]; 1 means none.
-        diverge_factor: Early-stop threshold relative to the best smoothed loss, > 1.
+        diverge_factor: Early-stop threshold relative to the best smoothed loss, > 1 (inf
+            never stops early).
 
     Returns:
         The learning rates tried, their smoothed losses, and the suggested learning rate.
@@ -267,18 +296,24 @@ def lr_finder(
         ValueError: On an out-of-range argument, both `optimizer` and `optimizer_factory` given,
             empty `batches`, or fewer than two finite losses to suggest from.
     """
-    if start_lr <= 0 or not math.isfinite(start_lr):
-        raise ValueError(f"lr_finder: start_lr must be a finite number > 0, got {start_lr!r}")
-    if not start_lr < end_lr < math.inf:
-        raise ValueError(
-            f"lr_finder: end_lr must be finite and > start_lr ({start_lr!r}), got {end_lr!r}"
-        )
-    if num_steps < 2:
-        raise ValueError(f"lr_finder: num_steps must be >= 2, got {num_steps!r}")
-    if not 0.0 < smoothing <= 1.0:
-        raise ValueError(f"lr_finder: smoothing must be in (0, 1], got {smoothing!r}")
-    if not diverge_factor > 1.0:
-        raise ValueError(f"lr_finder: diverge_factor must be > 1, got {diverge_factor!r}")
+    where = "lr_finder"
+    start_lr = _check_real(
+        where, "start_lr", start_lr, "a finite number > 0", lambda x: 0.0 < x < math.inf
+    )
+    end_lr = _check_real(
+        where,
+        "end_lr",
+        end_lr,
+        f"finite and > start_lr ({start_lr!r})",
+        lambda x: start_lr < x < math.inf,
+    )
+    num_steps = _check_int(where, "num_steps", num_steps, 2)
+    smoothing = _check_real(
+        where, "smoothing", smoothing, "a number in (0, 1]", lambda x: 0.0 < x <= 1.0
+    )
+    diverge_factor = _check_real(
+        where, "diverge_factor", diverge_factor, "a number > 1", lambda x: x > 1.0
+    )
     if optimizer is not None and optimizer_factory is not None:
         raise ValueError("lr_finder: pass optimizer or optimizer_factory, not both")
 

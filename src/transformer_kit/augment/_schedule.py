@@ -26,6 +26,10 @@ class Compose:
     transforms: Sequence[Augmentation]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.transforms, Sequence) or isinstance(self.transforms, str):
+            raise TypeError(
+                f"Compose: transforms must be a sequence of callables, got {self.transforms!r}"
+            )
         for transform in self.transforms:
             if not callable(transform):
                 raise TypeError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import KW_ONLY, dataclass
 
 import torch
@@ -35,6 +35,11 @@ class RandomTokenMask:
     def __post_init__(self) -> None:
         _check_probability("RandomTokenMask", self.p)
         _check_id("RandomTokenMask", "mask_id", self.mask_id)
+        if not isinstance(self.protected_ids, Sequence | Set):
+            raise TypeError(
+                f"RandomTokenMask: protected_ids must be a sequence of token ids, "
+                f"got {self.protected_ids!r}"
+            )
         for token in self.protected_ids:
             _check_id("RandomTokenMask", "protected_ids entries", token)
         object.__setattr__(self, "protected_ids", tuple(self.protected_ids))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from transformer_kit.checkpoint._atomic import CheckpointError
 from transformer_kit.checkpoint._export import export_weights, load_weights
+from transformer_kit.checkpoint._folder import check_run_folder
 from transformer_kit.checkpoint._manager import CheckpointManager
 from transformer_kit.checkpoint._rng import capture_rng_state, restore_rng_state
 from transformer_kit.checkpoint._state import (
@@ -28,6 +29,7 @@ __all__ = [
     "Stateful",
     "capture_rng_state",
     "check_config",
+    "check_run_folder",
     "export_weights",
     "load_checkpoint",
     "load_weights",

@@ -67,6 +67,10 @@ class CheckpointManager:
         monitor: the metric that decides `best`.
         mode: "min" when lower is better (a loss), "max" when higher is (an accuracy).
         every_steps: write a periodic checkpoint when ``step % every_steps == 0``; None: never.
+        read_only: only read the folder, which must exist: nothing is created, recovered,
+            tidied or rotated, so a reader (``transformer-kit inspect``, a sampling script)
+            is safe beside the process that saves there, whatever its ``keep_last``. The
+            manifest's own ``monitor`` and ``mode`` are kept; `save` raises.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class CheckpointManager:
         monitor: str = "val_loss",
         mode: Mode = "min",
         every_steps: int | None = None,
+        read_only: bool = False,
     ) -> None:
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
             raise ValueError(f"CheckpointManager: keep_last must be an int >= 1, got {keep_last!r}")
@@ -97,6 +102,12 @@ class CheckpointManager:
         self.monitor = monitor
         self.mode: Mode = mode
         self.every_steps = every_steps
+        if not isinstance(read_only, bool):
+            raise ValueError(f"CheckpointManager: read_only must be a bool, got {read_only!r}")
+        self.read_only = read_only
+        if read_only:
+            self._manifest = self._read()
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -147,6 +158,8 @@ class CheckpointManager:
         Raises:
             CheckpointError: when a write fails; the committed checkpoints stay intact.
         """
+        if self.read_only:
+            raise CheckpointError(f"CheckpointManager: {self.directory} was opened read_only")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"CheckpointManager.save: step must be an int >= 0, got {step!r}")
         values = _metric_values(metrics)
@@ -271,6 +284,25 @@ class CheckpointManager:
                 step = self._manifest["checkpoints"][name]["step"]
                 return f"the previous good checkpoint is {self._path(name)} (step {step})"
         return f"no other checkpoint in {self.directory} verifies"
+
+    def _read(self) -> dict[str, Any]:
+        """The committed manifest, less the entries whose files are gone; nothing is written."""
+        if not self.directory.is_dir():
+            what = "a file" if self.directory.exists() else "missing"
+            raise CheckpointError(f"{self.directory} is not a checkpoint folder ({what})")
+        manifest_path = self.directory / MANIFEST_NAME
+        if not manifest_path.exists():
+            return empty_manifest(self.monitor, self.mode)
+        manifest = read_manifest(manifest_path)
+        for name in list(manifest["checkpoints"]):
+            if not self._path(name).is_file():
+                logger.warning("%s is listed in the manifest but missing", self._path(name))
+                del manifest["checkpoints"][name]
+        if "best" not in manifest["checkpoints"]:
+            manifest.update(best_metric=None, best_step=None)
+        self.monitor = manifest.get("monitor", self.monitor)
+        self.mode = manifest.get("mode", self.mode)
+        return manifest
 
     def _open(self) -> dict[str, Any]:
         """Read the manifest, finish or roll back an interrupted save, remove stray temp files."""

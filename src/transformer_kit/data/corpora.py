@@ -37,7 +37,8 @@ def read_text_file(path: str | os.PathLike[str]) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"read_text_file: no such file: {str(path)!r}")
+        what = "is a folder; name a text file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"read_text_file: {str(path)!r} {what}")
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
@@ -55,7 +56,7 @@ def stdlib_files(*, max_bytes: int = 4_000_000) -> list[Path]:
         max_bytes: Budget in UTF-8 bytes, counting the ``"\\n"`` added after each file.
 
     Raises:
-        ValueError: If ``max_bytes`` is not a positive int.
+        ValueError: If ``max_bytes`` is not a positive int, or smaller than the first file.
         FileNotFoundError: If the interpreter's stdlib folder does not exist.
     """
     return [path for path, _ in _select(max_bytes)]
@@ -75,7 +76,7 @@ def stdlib_corpus(*, max_bytes: int = 4_000_000) -> str:
     ``max_bytes``. The result is the same on every call for a given Python installation.
 
     Raises:
-        ValueError: If ``max_bytes`` is not a positive int.
+        ValueError: If ``max_bytes`` is not a positive int, or smaller than the first file.
         FileNotFoundError: If the interpreter's stdlib folder does not exist.
 
     Example:
@@ -108,6 +109,11 @@ def _select(max_bytes: int) -> list[tuple[Path, str]]:
             continue
         size = len(raw) + 1  # the file plus its "\n" separator
         if used + size > max_bytes:
+            if not selected:  # an empty corpus would fail later, far from its cause
+                raise ValueError(
+                    f"stdlib_corpus: max_bytes={max_bytes} is smaller than the first file "
+                    f"({rel}, {size} bytes with its newline); pass at least {size}"
+                )
             break
         selected.append((path, text))
         used += size

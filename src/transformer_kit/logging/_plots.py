@@ -33,12 +33,14 @@ def plot_metrics(
 
     Args:
         metrics_jsonl: A file written by `JSONLLogger`.
-        out_png: Where to save the figure; parent folders are created.
+        out_png: Where to save the figure; parent folders are created. Its suffix names the
+            format: any that matplotlib's Agg canvas writes (``.png``, ``.pdf``, ``.svg``, ...).
         keys: Metrics to plot; ``None`` means ``("loss", "val_loss", "lr", "grad_norm")``.
 
     Raises:
         ImportError: If matplotlib is not installed.
-        ValueError: If none of ``keys`` occurs in the file.
+        ValueError: If none of ``keys`` occurs in the file, or if ``out_png`` has no suffix
+            matplotlib writes, is a folder, or lies under a file. Checked before reading.
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -47,6 +49,8 @@ def plot_metrics(
         raise ImportError(
             "plot_metrics needs matplotlib: pip install 'transformer-kit[plot]'"
         ) from err
+    out = Path(out_png)
+    _check_out(out, FigureCanvasAgg.get_supported_filetypes())
     records = read_metrics(metrics_jsonl)
     wanted = list(_DEFAULT_PLOT_KEYS if keys is None else keys)
     series = {key: _series(records, key) for key in wanted}
@@ -76,10 +80,24 @@ def plot_metrics(
             ax.legend()
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
-    out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
     return out
+
+
+def _check_out(out: Path, formats: Mapping[str, str]) -> None:
+    """Refuse an output path savefig would reject, or misname, before anything is read."""
+    where = f"plot_metrics: out_png {str(out)!r}"
+    if out.suffix.lower().removeprefix(".") not in formats:
+        allowed = ", ".join(f".{name}" for name in sorted(formats))
+        raise ValueError(f"{where} must end in a suffix matplotlib writes ({allowed})")
+    if out.is_dir():
+        raise ValueError(f"{where} is a folder; name a file, e.g. {str(out / 'loss.png')!r}")
+    existing = out.parent
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{where}: {str(existing)!r} is a file, so no folder can be made under it")
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -74,15 +74,26 @@ class TextLogger:
         """Append one record and flush it.
 
         Raises:
-            ValueError: If ``tag`` holds a line break, or after `close`.
+            ValueError: If ``tag`` holds a line break, if ``tag`` or ``text`` cannot be
+                encoded as UTF-8 (a lone surrogate), or after `close`. Nothing is written then.
         """
         if self._closed:
             raise ValueError(f"TextLogger: log_text() called after close() on {str(self.path)!r}")
         if "\n" in tag or "\r" in tag:
             raise ValueError(f"TextLogger: tag must be one line, got {tag!r}")
-        # newline="": the text's own line ends are written (and read back) as they are.
-        with open(self.path, "a", encoding="utf-8", newline="") as file:
-            file.write(_format(int(step), tag, text))
+        for name, value in (("tag", tag), ("text", text)):
+            try:  # checked before the file is opened: a refused record writes nothing
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:  # a lone surrogate, e.g. from a lax decode
+                start, end = error.start, error.end
+                raise ValueError(
+                    f"TextLogger: {name} must be encodable as UTF-8, got {value[start:end]!r} "
+                    f"at index {start} of {value[max(0, start - 20) : end + 20]!r}"
+                ) from error
+        record = _format(int(step), tag, text).encode("utf-8")
+        # Bytes: the text's own line ends are written (and read back) as they are.
+        with open(self.path, "ab") as file:
+            file.write(record)
             file.flush()
 
     def rewind(self, step: int) -> None:

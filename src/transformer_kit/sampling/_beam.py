@@ -16,12 +16,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from transformer_kit.sampling._step import (
+from transformer_kit._numbers import _as_int, _check_int, _check_real
+from transformer_kit.sampling._checks import (
     _check_prompt,
-    _inference,
-    _resolve_block_size,
-    _Stepper,
+    _token_ids,
+    _vocab_size,
 )
+from transformer_kit.sampling._step import _inference, _resolve_block_size, _Stepper
 
 __all__ = ["beam_search"]
 
@@ -67,14 +68,18 @@ def beam_search(
 
     Args:
         model: Maps ids `(B, T)` to logits `(B, T, V)`, or to an object with such a `.logits`.
-        ids: Prompt token ids, an integer tensor of shape `(B, T)` with `T >= 1`.
-        num_beams: Live hypotheses kept per row, >= 1.
-        max_new_tokens: Maximum number of tokens to append, >= 0.
+        ids: Prompt token ids, an integer tensor of shape `(B, T)` with `T >= 1` (not a list:
+            wrap one with `torch.tensor`), each in `[0, model.config.vocab_size)` when the
+            model has that field.
+        num_beams: Live hypotheses kept per row, an int >= 1.
+        max_new_tokens: Maximum number of tokens to append, an int >= 0.
         length_penalty: Exponent `alpha` of the length normalisation, a finite number.
         stop_ids: Token ids in `[0, V)` that finish a hypothesis.
         block_size: Context length fed to the model; defaults to `model.config.context_limit`
             (else `model.config.block_size`) when the model has one, else the whole sequence.
         pad_id: Fill after a row's best hypothesis when it is shorter than the longest one.
+            It only fills the output, so any int that `ids`' dtype holds will do (-1 marks
+            the padding unmistakably).
         use_cache: Use the model's KV cache when it has `new_cache`; False recomputes the
             cropped context at every step.
 
@@ -83,9 +88,14 @@ def beam_search(
         `n` the longest best hypothesis's length, padded with `pad_id`; and its score `(B,)`
         in at least float32 (0 for every row when `max_new_tokens=0`).
 
+    Every argument is checked as `generate` checks it, before the first step. `V` is
+    `model.config.vocab_size` when the model has it; otherwise the prompt's ids are not
+    range-checked and the stop ids are checked against the logits' width at the first step.
+
     Raises:
-        ValueError: If `ids` is not a 2-D integer tensor with at least one column, another
-            argument is out of range, or a stop id is outside `[0, V)`.
+        ValueError: If `ids` is not a 2-D integer tensor with at least one column or holds an
+            id outside `[0, V)`, a stop id is outside `[0, V)`, or another argument has the
+            wrong type or is out of range (the message names the parameter and the value).
 
     Example:
         >>> model = torch.nn.Embedding(6, 6)
@@ -93,17 +103,18 @@ def beam_search(
         >>> out.shape[0], bool((scores <= 0).all())
         (2, True)
     """
-    _check_prompt(ids, "beam_search")
-    if num_beams < 1:
-        raise ValueError(f"beam_search: num_beams must be an int >= 1, got {num_beams!r}")
-    if max_new_tokens < 0:
-        raise ValueError(f"beam_search: max_new_tokens must be >= 0, got {max_new_tokens!r}")
-    if not math.isfinite(length_penalty):
-        raise ValueError(
-            f"beam_search: length_penalty must be a finite number, got {length_penalty!r}"
-        )
-    block_size = _resolve_block_size(model, block_size, "beam_search")
-    stops = sorted(set(stop_ids))
+    where = "beam_search"
+    vocab_size = _vocab_size(model)  # None: stop ids checked against the logits' width
+    _check_prompt(ids, where, vocab_size)
+    num_beams = _check_int(where, "num_beams", num_beams, 1)
+    max_new_tokens = _check_int(where, "max_new_tokens", max_new_tokens, 0)
+    length_penalty = _check_real(
+        where, "length_penalty", length_penalty, "a finite number", math.isfinite
+    )
+    block_size = _resolve_block_size(model, block_size, where)
+    stop_tokens = _token_ids(where, "stop_ids", stop_ids, vocab_size)
+    pad_id = _check_fill(pad_id, ids.dtype)
+    stops = sorted(set(stop_tokens))
     B, T, K, N = ids.size(0), ids.size(1), num_beams, max_new_tokens
     if N == 0:
         return ids.clone(), torch.zeros(B, device=ids.device)
@@ -132,10 +143,9 @@ def beam_search(
             logits = next_logits(beams.reshape(B * K, T + step))  # (B * K, V)
             V = logits.size(-1)
             logp = torch.log_softmax(logits, dim=-1).view(B, K, V)
-            if stops and not (stops[0] >= 0 and stops[-1] < V):
-                raise ValueError(
-                    f"beam_search: stop_ids must be token ids in [0, {V}), got {stops!r}"
-                )
+            if vocab_size is None:  # no config.vocab_size: check the stop ids against V, once
+                vocab_size = V
+                _token_ids(where, "stop_ids", stop_tokens, V)
             total = beam_logp[:, :, None] + logp  # (B, K, V)
 
             if stops:
@@ -175,6 +185,18 @@ def beam_search(
     n = int(best_length.max())
     # Functional ops outside inference mode turn the inference tensors into ordinary ones.
     return torch.cat([ids, best_tokens[:, :n]], dim=1), best_score.clone()
+
+
+def _check_fill(pad_id: object, dtype: torch.dtype) -> int:
+    """`pad_id` as an int, after checking it is an int that `dtype` can hold."""
+    info = torch.iinfo(dtype)
+    number = _as_int(pad_id)
+    if number is None or not info.min <= number <= info.max:
+        raise ValueError(
+            f"beam_search: pad_id must be an int in [{info.min}, {info.max}] (it fills the"
+            f" output, of ids' dtype {dtype}), got {pad_id!r}"
+        )
+    return number
 
 
 def _padded(prefix: Tensor, token: Tensor, width: int, pad_id: int) -> Tensor:

@@ -19,6 +19,14 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from transformer_kit._numbers import _check_int, _check_real
+from transformer_kit.sampling._checks import (
+    _check_prompt,
+    _stop_sequences,
+    _token_id,
+    _token_ids,
+    _vocab_size,
+)
 from transformer_kit.sampling._filters import (
     LogitsFilter,
     _allowed_mask,
@@ -34,7 +42,6 @@ from transformer_kit.sampling._penalties import (
 )
 from transformer_kit.sampling._step import (
     _check_attention_mask,
-    _check_prompt,
     _inference,
     _resolve_block_size,
     _Stepper,
@@ -103,8 +110,10 @@ def generate(
 
     Args:
         model: Maps ids `(B, T)` to logits `(B, T, V)`, or to an object with such a `.logits`.
-        ids: Prompt token ids, an integer tensor of shape `(B, T)` with `T >= 1`.
-        max_new_tokens: Maximum number of tokens to append, >= 0.
+        ids: Prompt token ids, an integer tensor of shape `(B, T)` with `T >= 1` (not a list:
+            wrap one with `torch.tensor`), each in `[0, model.config.vocab_size)` when the
+            model has that field.
+        max_new_tokens: Maximum number of tokens to append, an int >= 0.
         temperature: Softmax temperature, >= 0; 0 is greedy.
         top_k: Keep only the `top_k` largest logits (ties at the cut kept); None disables.
         top_p: Keep the smallest most-probable set with mass >= `top_p`; None disables.
@@ -118,17 +127,19 @@ def generate(
             A sequence of `B` callables gives each row its own: row `r` asks the `r`-th (a
             constraint with a per-row setting, e.g. each piece's own length). None allows
             everything.
-        stop_ids: Token ids that finish a row, each a one-token stop sequence.
-        stop_sequences: Token sequences that finish a row once its generated tail equals one.
+        stop_ids: Token ids in `[0, V)` that finish a row, each a one-token stop sequence.
+        stop_sequences: Non-empty sequences of token ids in `[0, V)` (a list of lists, such
+            as `[[5, 6]]`) that finish a row once its generated tail equals one.
         generator: Source of randomness; the same seed gives the same output. None uses torch's
             global RNG.
         filters: Extra `LogitsFilter`s applied after min-p, in order.
         block_size: Context length fed to the model; defaults to `model.config.context_limit`
             (block_size, or max_position for rope / alibi) or else `model.config.block_size`
             when the model has one, else the whole sequence.
-        pad_id: Fill for finished rows. It must be a valid input id: finished rows are fed
-            to the model until they make up a quarter of the rows it is fed, and then
-            dropped from the batch (and its cache), which leaves the tokens unchanged.
+        pad_id: Fill for finished rows, an int in `[0, V)`. It must be a valid input id:
+            finished rows are fed to the model until they make up a quarter of the rows it
+            is fed, and then dropped from the batch (and its cache), which leaves the tokens
+            unchanged.
         use_cache: Use the model's KV cache when it has `new_cache`; False recomputes the
             cropped context at every step.
         attention_mask: `(B, T)` bool or 0/1, True at real prompt tokens, for prompts of
@@ -158,11 +169,18 @@ def generate(
     Returns:
         A new tensor `(B, T + n)` with `n <= max_new_tokens`, whose first `T` columns are `ids`.
 
+    Every argument is checked once, before the first step: an int parameter must be an int
+    (a NumPy int too, never a bool), a number parameter a real number (not a bool, not NaN).
+    `V` is `model.config.vocab_size` when the model has it; otherwise the prompt's ids are not
+    range-checked, and the stop ids and `pad_id` are checked against the logits' width at the
+    first step.
+
     Raises:
-        ValueError: If `ids` is not a 2-D integer tensor with at least one column, another
-            argument is out of range, `allowed_next` is a sequence whose length is not `B`,
-            or it returns no ids or an id outside `[0, V)` (the message names the step and
-            the row).
+        ValueError: If `ids` is not a 2-D integer tensor with at least one column or holds an
+            id outside `[0, V)`, another argument has the wrong type or is out of range (the
+            message names the parameter and the value), `allowed_next` is a sequence whose
+            length is not `B`, or it returns no ids or an id outside `[0, V)` (the message
+            names the step and the row).
 
     Example:
         >>> table = torch.nn.Embedding(5, 5)
@@ -170,22 +188,52 @@ def generate(
         >>> out.shape[1] <= 5
         True
     """
-    _check_prompt(ids, "generate")
-    _check_arguments(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        num_threads=num_threads,
+    # Every argument is checked (and numbers made plain ints and floats) once, before the loop.
+    where = "generate"
+    vocab_size = _vocab_size(model)  # None: checked against the logits' width at the first step
+    _check_prompt(ids, where, vocab_size)
+    max_new_tokens = _check_int(where, "max_new_tokens", max_new_tokens, 0)
+    temperature = _check_real(
+        where,
+        "temperature",
+        temperature,
+        "a finite number >= 0 (0 is greedy)",
+        lambda x: 0.0 <= x < math.inf,
     )
+    if top_k is not None:
+        top_k = _check_int(where, "top_k", top_k, 1, "an int >= 1 or None")
+    if top_p is not None:
+        top_p = _check_real(
+            where, "top_p", top_p, "a number in (0, 1] or None", lambda x: 0.0 < x <= 1.0
+        )
+    if min_p is not None:
+        min_p = _check_real(
+            where, "min_p", min_p, "a number in [0, 1] or None", lambda x: 0.0 <= x <= 1.0
+        )
+    repetition_penalty = _check_real(
+        where,
+        "repetition_penalty",
+        repetition_penalty,
+        "a finite number > 0 (1 disables)",
+        lambda x: 0.0 < x < math.inf,
+    )
+    presence_penalty = _check_real(
+        where, "presence_penalty", presence_penalty, "a finite number (0 disables)", math.isfinite
+    )
+    frequency_penalty = _check_real(
+        where, "frequency_penalty", frequency_penalty, "a finite number (0 disables)", math.isfinite
+    )
+    if num_threads is not None:
+        num_threads = _check_int(where, "num_threads", num_threads, 1, "an int >= 1 or None")
+    if block_size is not None:
+        block_size = _check_int(where, "block_size", block_size, 1, "an int >= 1 or None")
     window = block_size  # a rolling cache's own window: None leaves it to the model
-    block_size = _resolve_block_size(model, block_size, "generate")
-    stops = _stop_table(stop_ids, stop_sequences, ids)
-    mask = _check_attention_mask(attention_mask, ids, "generate")
+    block_size = _resolve_block_size(model, block_size, where)
+    stop_tokens, sequences, pad_id = _check_stops_and_pad(
+        stop_ids, stop_sequences, pad_id, vocab_size
+    )
+    stops = _stop_table(stop_tokens, sequences, ids)
+    mask = _check_attention_mask(attention_mask, ids, where)
     _check_slide(slide, model, use_cache, mask, ids.size(1) + max_new_tokens)
 
     B, T = ids.shape
@@ -218,6 +266,9 @@ def generate(
                 # Dropped rows get flat logits: every row still takes its draw below, so the
                 # generator advances as it would with the whole batch and the tokens are the same.
                 logits = part.new_zeros(B, part.size(-1)).index_copy_(0, fed, part)
+            if vocab_size is None:  # no config.vocab_size: check the ids against V, once
+                vocab_size = logits.size(-1)
+                _check_stops_and_pad(stop_tokens, sequences, pad_id, vocab_size)
             if rules is not None:
                 done = torch.zeros(B, dtype=torch.bool) if finished is None else finished
                 keep = _allowed_rows(rules, sequence, done, logits.size(-1), step)
@@ -312,64 +363,25 @@ def _check_slide(
         )
 
 
-def _check_arguments(
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    min_p: float | None,
-    repetition_penalty: float,
-    presence_penalty: float,
-    frequency_penalty: float,
-    num_threads: int | None,
-) -> None:
-    """Raise a ValueError naming the first out-of-range argument of `generate`."""
-    if max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens!r}")
-    if not 0.0 <= temperature < math.inf:
-        raise ValueError(
-            f"generate: temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}"
-        )
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"generate: top_k must be an int >= 1 or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
-    if min_p is not None and not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"generate: min_p must be in [0, 1] or None, got {min_p!r}")
-    if not 0.0 < repetition_penalty < math.inf:
-        raise ValueError(
-            "generate: repetition_penalty must be a finite number > 0 (1 disables),"
-            f" got {repetition_penalty!r}"
-        )
-    if not math.isfinite(presence_penalty):
-        raise ValueError(
-            "generate: presence_penalty must be a finite number (0 disables),"
-            f" got {presence_penalty!r}"
-        )
-    if not math.isfinite(frequency_penalty):
-        raise ValueError(
-            "generate: frequency_penalty must be a finite number (0 disables),"
-            f" got {frequency_penalty!r}"
-        )
-    if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-    ):
-        raise ValueError(f"generate: num_threads must be an int >= 1 or None, got {num_threads!r}")
+def _check_stops_and_pad(
+    stop_ids: object, stop_sequences: object, pad_id: object, vocab_size: int | None
+) -> tuple[list[int], list[list[int]], int]:
+    """`stop_ids`, `stop_sequences` and `pad_id` as plain ints, checked against `vocab_size`.
+
+    With `vocab_size` None, only negative ids are refused; `generate` calls this again with the
+    checked values and the logits' width at the first step.
+    """
+    stop_tokens = _token_ids("generate", "stop_ids", stop_ids, vocab_size)
+    sequences = _stop_sequences("generate", stop_sequences, vocab_size)
+    note = " (finished rows feed it to the model)"
+    return stop_tokens, sequences, _token_id("generate", "pad_id", pad_id, vocab_size, note)
 
 
 def _stop_table(
-    stop_ids: Sequence[int], stop_sequences: Sequence[Sequence[int]], ids: Tensor
+    stop_tokens: list[int], stop_sequences: list[list[int]], ids: Tensor
 ) -> list[Tensor]:
     """All stop sequences grouped by length: one `(S, L)` tensor per length `L`."""
-    sequences = [[token] for token in stop_ids]
-    for index, sequence in enumerate(stop_sequences):
-        if len(sequence) == 0:
-            raise ValueError(
-                "generate: stop_sequences must hold non-empty token sequences,"
-                f" got {list(sequence)!r} at index {index}"
-            )
-        sequences.append(list(sequence))
+    sequences = [[token] for token in stop_tokens] + stop_sequences
     lengths = sorted({len(sequence) for sequence in sequences})
     return [
         torch.tensor([s for s in sequences if len(s) == n], dtype=ids.dtype, device=ids.device)

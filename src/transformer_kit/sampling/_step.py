@@ -17,24 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from transformer_kit._numbers import _check_int
+
 __all__: list[str] = []
 
 # Shapes: B rows, L sequence so far, W window (cache slots), V vocab.
-
-
-def _check_prompt(ids: Tensor, where: str) -> None:
-    """Raise unless `ids` is an integer tensor of shape `(B, T)` with `B, T >= 1`."""
-    if (
-        ids.dim() != 2
-        or ids.size(1) < 1
-        or ids.dtype.is_floating_point
-        or ids.dtype.is_complex
-        or ids.dtype == torch.bool
-    ):
-        raise ValueError(
-            f"{where}: ids must be an integer tensor of shape (B, T) with T >= 1,"
-            f" got dtype {ids.dtype} and shape {tuple(ids.shape)}"
-        )
 
 
 def _resolve_block_size(model: nn.Module, block_size: int | None, where: str) -> int | None:
@@ -42,15 +29,16 @@ def _resolve_block_size(model: nn.Module, block_size: int | None, where: str) ->
 
     `context_limit` is block_size for learned and sinusoidal positions and `max_position` (when
     set) for rope and alibi, which can run past block_size. None when the model has neither.
+    A value given or read from the config must be an int >= 1 (not a bool).
     """
     if block_size is None:
         config = getattr(model, "config", None)
         block_size = getattr(config, "context_limit", None)
         if block_size is None:
             block_size = getattr(config, "block_size", None)
-    if block_size is not None and block_size < 1:
-        raise ValueError(f"{where}: block_size must be an int >= 1 or None, got {block_size!r}")
-    return block_size
+    if block_size is None:
+        return None
+    return _check_int(where, "block_size", block_size, 1, "an int >= 1 or None")
 
 
 @contextmanager
@@ -76,6 +64,11 @@ def _check_attention_mask(attention_mask: Tensor | None, ids: Tensor, where: str
     """`attention_mask` as bool `(B, T)`, after checking that it fits `ids` and pads on the left."""
     if attention_mask is None:
         return None
+    if not isinstance(attention_mask, Tensor):
+        raise ValueError(
+            f"{where}: attention_mask must be a bool or 0/1 tensor of shape (B, T) or None,"
+            f" got a {type(attention_mask).__name__}"
+        )
     if attention_mask.shape != ids.shape:
         raise ValueError(
             f"{where}: attention_mask must have the shape of ids {tuple(ids.shape)},"

@@ -8,9 +8,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+import numbers
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
+
+import torch
 
 from transformer_kit.optim import OptimizerName
 
@@ -73,9 +78,12 @@ class TrainerConfig:
     """Save `last` every this many steps; None saves at each evaluation."""
     log_every: int = 1
     seed: int = 0
-    """Seeds the data order; model initialisation is seeded by the caller."""
+    """Seeds the data order; model initialisation is seeded by the caller. In [-2**63, 2**64),
+    the range torch.manual_seed accepts."""
     device: str = "cpu"
-    """"cpu", "cuda", "cuda:1", or "auto" (CUDA when available)."""
+    """"cpu", "cuda", "cuda:N" (e.g. "cuda:1"), "mps", or "auto" (CUDA when available, else
+    CPU); a `torch.device` is stored as its name. `Trainer` refuses a device this machine does
+    not have, before it writes anything."""
     precision: Precision = "fp32"
     """"bf16" uses autocast on CPU and CUDA; "fp16" uses autocast + GradScaler (CUDA only)."""
     compile: bool = False
@@ -103,50 +111,63 @@ class TrainerConfig:
     the averaged weights, and checkpoints hold both; None keeps no average."""
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batches")
-        for name in (*positive, "log_every", "max_bad_steps"):
+        # Every field is checked for its type as well as its range (a bool is not a number),
+        # then stored as a plain int / float / tuple: a checkpoint holds `to_dict()`, and
+        # `torch.load(weights_only=True)` refuses numpy scalars.
+        for name, low in _INTEGER_FIELDS.items():
+            self._set(name, _integer(name, getattr(self, name), low))
+        if self.checkpoint_every is not None:
+            self._set("checkpoint_every", _integer("checkpoint_every", self.checkpoint_every, 1))
+        if not (_is_integer(self.seed) and _SEED_LOW <= self.seed < _SEED_HIGH):
+            raise ValueError(
+                "TrainerConfig.seed must be an integer in [-2**63, 2**64) (the range "
+                f"torch.manual_seed accepts), got {_shown(self.seed, _is_integer)}"
+            )
+        self._set("seed", int(self.seed))
+        for name, rule, passes in _NUMBER_FIELDS:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainerConfig.{name} must be an integer >= 1, got {value!r}")
-        for name in ("warmup_steps", "max_rollbacks"):
+            if value is None and name in _OPTIONAL_NUMBERS:
+                continue
+            number = _finite(value)
+            if number is None or not passes(number):
+                raise ValueError(
+                    f"TrainerConfig.{name} must be {rule}, got {_shown(value, _is_number)}"
+                )
+            self._set(name, number)
+        betas = self.betas
+        pair = isinstance(betas, tuple | list) and len(betas) == 2
+        values = [v for v in map(_finite, betas) if v is not None and 0 <= v < 1] if pair else []
+        if len(values) != 2:
+            raise ValueError(
+                "TrainerConfig.betas must be two numbers in [0, 1) (a tuple or list), "
+                f"got {_shown(betas, lambda v: isinstance(v, tuple | list))}"
+            )
+        self._set("betas", (values[0], values[1]))
+        for name in ("compile", "fsdp", "restore_best"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainerConfig.{name} must be an integer >= 0, got {value!r}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"TrainerConfig.{name} must be True or False, "
+                    f"got {_shown(value, lambda v: isinstance(v, bool))}"
+                )
+        if isinstance(self.device, torch.device):  # stored as its name: the config stays plain
+            self._set("device", str(self.device))
+        if not (isinstance(self.device, str) and _DEVICE.fullmatch(self.device)):
             raise ValueError(
-                f"TrainerConfig.checkpoint_every must be >= 1 or None, got {self.checkpoint_every}"
+                "TrainerConfig.device must be 'auto' (CUDA when available, else CPU), 'cpu', "
+                "'cuda', 'cuda:N' (N = 0, 1, ...) or 'mps', "
+                f"got {_shown(self.device, lambda v: isinstance(v, str))}"
             )
-        if not self.lr > 0:
-            raise ValueError(f"TrainerConfig.lr must be > 0, got {self.lr!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(
-                f"TrainerConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"
-            )
-        if self.weight_decay < 0:
-            raise ValueError(f"TrainerConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"TrainerConfig.betas must be two values in [0, 1), got {self.betas}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"TrainerConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.precision not in get_args(Precision):
-            raise ValueError(
-                f"TrainerConfig.precision must be one of {get_args(Precision)}, "
-                f"got {self.precision!r}"
-            )
-        if self.optimizer not in get_args(OptimizerName):
-            raise ValueError(
-                f"TrainerConfig.optimizer must be one of {get_args(OptimizerName)}, "
-                f"got {self.optimizer!r}"
-            )
-        if self.checkpoint_error not in get_args(CheckpointErrorPolicy):
-            raise ValueError(
-                f"TrainerConfig.checkpoint_error must be one of "
-                f"{get_args(CheckpointErrorPolicy)}, got {self.checkpoint_error!r}"
-            )
-        if self.spike_factor is not None and not self.spike_factor > 1:
-            raise ValueError(
-                f"TrainerConfig.spike_factor must be > 1 or None, got {self.spike_factor}"
-            )
+        self._set("device", str.__str__(self.device))  # a str subclass (an enum) as plain str
+        for name, choices in (
+            ("precision", get_args(Precision)),
+            ("optimizer", get_args(OptimizerName)),
+            ("checkpoint_error", get_args(CheckpointErrorPolicy)),
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value in choices):
+                raise ValueError(f"TrainerConfig.{name} must be one of {choices}, got {value!r}")
+            self._set(name, choices[choices.index(value)])
         if self.fsdp:
             for name, value, allowed in (
                 ("precision", self.precision, ("fp32", "bf16")),
@@ -163,19 +184,9 @@ class TrainerConfig:
                 f"TrainerConfig.ema_decay={self.ema_decay!r} is not supported with fsdp=True "
                 "(allowed: None): a sharded weight average is not implemented"
             )
-        if self.ema_decay is not None and not (
-            isinstance(self.ema_decay, float | int)
-            and not isinstance(self.ema_decay, bool)
-            and 0 < self.ema_decay < 1
-        ):
-            raise ValueError(
-                "TrainerConfig.ema_decay must be a number in (0, 1) or None, "
-                f"got {self.ema_decay!r}"
-            )
-        if self.time_limit_s is not None and not self.time_limit_s > 0:
-            raise ValueError(
-                f"TrainerConfig.time_limit_s must be > 0 or None, got {self.time_limit_s}"
-            )
+
+    def _set(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # frozen: only __post_init__ normalises
 
     def tokens_per_step(self, *, block_size: int, world_size: int = 1) -> int:
         """Tokens consumed by one optimizer step across all processes."""
@@ -209,3 +220,73 @@ class TrainerConfig:
             for name in RESUME_FIXED
             if name in saved and plain(saved[name]) != plain(own[name])
         }
+
+
+_INTEGER_FIELDS = {
+    "max_steps": 1,
+    "batch_size": 1,
+    "grad_accum_steps": 1,
+    "eval_every": 1,
+    "eval_batches": 1,
+    "log_every": 1,
+    "max_bad_steps": 1,
+    "warmup_steps": 0,
+    "max_rollbacks": 0,
+}
+"""The integer fields (besides `checkpoint_every` and `seed`) and their least value."""
+
+_NUMBER_FIELDS: tuple[tuple[str, str, Callable[[float], bool]], ...] = (
+    ("lr", "a finite number > 0", lambda x: x > 0),
+    ("min_lr_ratio", "a number in [0, 1]", lambda x: 0 <= x <= 1),
+    ("weight_decay", "a finite number >= 0", lambda x: x >= 0),
+    ("grad_clip", "a finite number > 0, or None (no clipping)", lambda x: x > 0),
+    ("spike_factor", "a finite number > 1, or None (no rollback)", lambda x: x > 1),
+    ("ema_decay", "a number in (0, 1) or None", lambda x: 0 < x < 1),
+    ("time_limit_s", "a finite number of seconds > 0, or None (no limit)", lambda x: x > 0),
+)
+"""The real-valued fields: (name, what is allowed, the test a finite value must pass)."""
+
+_OPTIONAL_NUMBERS = frozenset({"grad_clip", "spike_factor", "ema_decay", "time_limit_s"})
+
+_SEED_LOW, _SEED_HIGH = -(2**63), 2**64  # torch.manual_seed's range (negatives wrap around)
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda|cuda:(?:0|[1-9][0-9]*)")
+"""What `Trainer` resolves: "auto", or a torch device string of these forms."""
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> float | None:
+    """`value` as a plain float when it is a finite real number (not a bool), else None."""
+    if not _is_number(value):
+        return None
+    try:
+        number = float(cast(numbers.Real, value))
+    except OverflowError:  # an int or fraction too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: object, right_type: Callable[[object], bool]) -> str:
+    """`value` for an error message, with its type when that is what is wrong."""
+    if right_type(value):
+        return repr(value)
+    kind = type(value)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    return f"{value!r} of type {name}"
+
+
+def _integer(name: str, value: object, low: int) -> int:
+    if not (_is_integer(value) and cast(int, value) >= low):
+        optional = " or None" if name == "checkpoint_every" else ""
+        raise ValueError(
+            f"TrainerConfig.{name} must be an integer >= {low}{optional}, "
+            f"got {_shown(value, _is_integer)}"
+        )
+    return int(cast(int, value))

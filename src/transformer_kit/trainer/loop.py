@@ -26,6 +26,7 @@ from transformer_kit.distributed import (
     DistributedContext,
     all_reduce_mean,
     init_distributed,
+    resolve_device,
 )
 from transformer_kit.fsdp import shard_model
 from transformer_kit.logging import MetricLogger, MultiLogger
@@ -90,7 +91,7 @@ class Trainer(CheckpointMixin):
         callbacks: Sequence[object] = (),
     ) -> None:
         self.config = config
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device, name="TrainerConfig.device")
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError(
                 "TrainerConfig.precision='fp16' needs a CUDA device; use 'bf16' on CPU"
@@ -98,6 +99,7 @@ class Trainer(CheckpointMixin):
         self.context: DistributedContext = init_distributed(self.device)
         if self.context.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.context.local_rank)
+        _check_cuda_index(self.device, config.device)
         self.model = model.to(self.device)
         if config.fsdp:
             if not self.context.enabled:
@@ -432,7 +434,9 @@ class Trainer(CheckpointMixin):
     def _train_eval_batches(self) -> Iterator[Batch]:
         # A fixed sample of random train windows (same every evaluation, spread over the whole
         # corpus) that never touches the training data stream's RNG.
-        generator = torch.Generator().manual_seed(self.config.seed + 1_000_003)
+        # Modulo 2**64, as torch.manual_seed itself wraps negative seeds: every seed the config
+        # accepts gives a seed torch accepts.
+        generator = torch.Generator().manual_seed((self.config.seed + 1_000_003) % 2**64)
         for _ in range(self.config.eval_batches):
             yield self.train_data.sample_batch(self.config.batch_size, generator=generator)
 
@@ -508,10 +512,13 @@ class Trainer(CheckpointMixin):
                 self.stop_requested = True
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"TrainerConfig.device={device!r} but CUDA is not available; use 'cpu'")
-    return resolved
+def _check_cuda_index(device: torch.device, configured: str) -> None:
+    """Refuse a CUDA device index this machine does not have (torch fails later, obscurely)."""
+    if device.type != "cuda" or device.index is None:
+        return
+    count = torch.cuda.device_count()
+    if device.index >= count:
+        raise ValueError(
+            f"TrainerConfig.device={configured!r} resolves to {device}, but this machine has "
+            f"{count} CUDA device(s) (cuda:0 to cuda:{count - 1}); use one of them or 'cuda'"
+        )

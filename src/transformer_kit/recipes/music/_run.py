@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -269,7 +271,22 @@ def steps_for_budget(
     Four AdamW steps run on a deep copy (the model and its optimizer stay untouched); the median
     of the last three sets the pace. The rest of the budget is left for evaluations and the
     final samples. At least 20 steps.
+
+    Raises:
+        ValueError: if `minutes` is not a finite number > 0, `fraction` not in (0, 1], or
+            `batch_size` not an int >= 1.
     """
+    for name, value, top in (("minutes", minutes, math.inf), ("fraction", fraction, 1.0)):
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not real or not 0 < value <= top or math.isinf(value):
+            allowed = "a finite number > 0" if top == math.inf else f"a number in (0, {top:g}]"
+            raise ValueError(f"steps_for_budget: {name} must be {allowed}, got {value!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ValueError(f"steps_for_budget: batch_size must be an int >= 1, got {batch_size!r}")
     trial = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(trial.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from numbers import Integral
@@ -52,7 +54,8 @@ class PieceSampler:
 
     Raises:
         ValueError: if `voices` is not one of `Voices`, `slide` not one of `Slide`, a count
-            is not a positive int, `min_notes` not an int >= 0 (`VoiceLeading`'s check;
+            is not a positive int, `temperature` not a finite number >= 0, `top_k` not None or
+            an int >= 1, `min_notes` not an int >= 0 (`VoiceLeading`'s check;
             "grammar" ignores it), or `max_notes` is not None, an int >= max(1, min_notes) or
             a non-empty sequence of ints >= 0.
     """
@@ -81,6 +84,15 @@ class PieceSampler:
                 raise ValueError(f"PieceSampler: {name} must be an int >= 1, got {count!r}")
         if slide not in get_args(Slide):
             raise ValueError(f"PieceSampler: slide must be one of {get_args(Slide)}, got {slide!r}")
+        real = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+        if not real or not 0 <= temperature < math.inf:  # checked now, not at the first sample
+            raise ValueError(
+                f"PieceSampler: temperature must be a finite number >= 0 (0: greedy), "
+                f"got {temperature!r}"
+            )
+        integral = isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool)
+        if top_k is not None and (not integral or top_k < 1):
+            raise ValueError(f"PieceSampler: top_k must be None or an int >= 1, got {top_k!r}")
         self.model, self.tokenizer = model, tokenizer
         self.voices, self.temperature, self.top_k = voices, temperature, top_k
         self.eval_samples, self.eval_tokens, self.seed = eval_samples, eval_tokens, seed
