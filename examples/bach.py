@@ -30,13 +30,13 @@ PLOTTED = ["score", "out_of_key", "bigram_overlap", "combined"]  # music.png; be
 NUMBERS = {  # flag: (type, default, help)
     "seed": (int, 1337, ""), "n_layer": (int, 4, ""), "n_head": (int, 8, ""),
     "d_model": (int, 256, ""), "block_size": (int, 512, ""), "batch_size": (int, 8, ""),
-    "lr": (float, 1e-3, ""), "dropout": (float, 0.1, ""), "final_samples": (int, 32, ""),
+    "lr": (float, 1e-3, ""), "dropout": (float, 0.1, ""), "d_ff": (int, 1024, ""),
     "budget_minutes": (float, None, "bound the run"), "max_steps": (int, None, "default: budget"),
     "evals": (int, 8, "evaluations during the run"), "patience": (int, 15, "evaluations"),
     "ema": (float, None, "average the weights, e.g. 0.995"), "heavy_from": (int, 30, "epoch"),
     "eval_samples": (int, 4, "samples per evaluation"), "sample_tokens": (int, 1200, ""),
     "sample_sets": (int, 1, "sets of --final-samples"), "max_shift": (int, 2, "semitones"),
-    "temperature": (float, 1.0, ""), "top_k": (int, None, ""), "d_ff": (int, 1024, ""),
+    "temperature": (float, 1.0, ""), "top_k": (int, None, ""), "final_samples": (int, None, ""),
     "min_notes": (int, None, "no <END> before; default: 5th percentile of the pieces"),
     "max_notes": (int, None, "end at the first chance after; default: a random piece's, 0: none"),
 }  # fmt: skip
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     for name, least in (("sample_sets", 1), ("eval_samples", 1), ("sample_tokens", 2),
                         ("batch_size", 1), ("evals", 1), ("final_samples", 1)):  # fmt: skip
-        if (value := getattr(args, name)) < least:
+        if (value := getattr(args, name)) is not None and value < least:
             parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
     if args.ensemble and args.evaluate is None:
         parser.error("--ensemble needs --evaluate best|last: it only samples trained runs")

@@ -378,6 +378,24 @@ def test_token_nll_weighs_windows_by_targets():
         recipe.token_nll(model, stream[:16], block_size=16, batch_size=3)
 
 
+def test_evaluate_music_draws_as_many_samples_as_held_out_pieces_by_default(tmp_path):
+    # The overlaps of a smaller set run lower, so equal sizes make percent_of_bach fair.
+    pytest.importorskip("music21")
+    tok = MusicTokenizer()
+    torch.manual_seed(2)
+    model = recipe.music_gpt(tok, **TINY)
+    sampler = recipe.PieceSampler(model, tok, voices="fill", min_notes=2, max_notes=[1, 4, 7])
+    evaluation = {k: v for k, v in _evaluation(tok).items() if k != "samples"}
+    assert len(evaluation["holdout"]) == 2
+    results = recipe.evaluate_music(sampler, out_dir=tmp_path, seed=5, **evaluation)
+    drawn = [p for p in sampler.pieces(2, 60, seed=7) if p]
+    assert results["samples_per_set"] == 2
+    assert results["samples"] == pytest.approx(music.corpus_summary(drawn))
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match=f"samples must be None or an int >= 1, got {bad}"):
+            recipe.evaluate_music(sampler, out_dir=tmp_path, samples=bad, **evaluation)
+
+
 def test_steps_for_budget_leaves_the_model_alone_and_scales_with_the_budget():
     tok = MusicTokenizer()
     model = recipe.music_gpt(tok, **TINY)
@@ -486,6 +504,7 @@ def test_evaluate_music_scores_samples_against_the_holdout(tmp_path):
     assert "| overall_score |" in report and "- step 5, training 12.5 s, " in report
     low, high = sorted(sets)
     assert f"over 2 sets of samples: mean {sum(sets) / 2:.1f}%, {low:.1f}-{high:.1f}%" in report
+    assert results["samples_per_set"] == 3 and "; sets of 3 samples, 2 held-out" in report
     half = results["seconds_1000_tokens_float16"]
     assert (half is None) == ("with float16" not in report)
 
