@@ -588,9 +588,20 @@ def test_a_cuda_index_the_machine_lacks_is_refused_before_anything_is_written(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     _refused_before_writing(
         tmp_path,
-        r"TrainerConfig.device='cuda:2' resolves to cuda:2, but this machine has 2 CUDA "
-        r"device\(s\) \(cuda:0 to cuda:1\)",
+        r"TrainerConfig.device='cuda:2' names a CUDA device this machine lacks: it has 2 "
+        r"\(cuda:0 to cuda:1\)",
         device="cuda:2",
+    )
+    # Under torchrun "cuda" becomes cuda:<local rank>: a rank past the device count is refused.
+    from transformer_kit.distributed import DistributedContext
+
+    ranks = DistributedContext(rank=2, world_size=3, local_rank=2)
+    monkeypatch.setattr("transformer_kit.trainer.loop.init_distributed", lambda device: ranks)
+    _refused_before_writing(
+        tmp_path,
+        r"TrainerConfig.device='cuda' resolves to cuda:2, but this machine has 2 CUDA "
+        r"device\(s\) \(cuda:0 to cuda:1\)",
+        device="cuda",
     )
 
 
