@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transformer_kit._numbers import _check_int, _check_real
 from transformer_kit.augment import (
     Augmentation,
     Compose,
@@ -276,17 +276,10 @@ def steps_for_budget(
         ValueError: if `minutes` is not a finite number > 0, `fraction` not in (0, 1], or
             `batch_size` not an int >= 1.
     """
-    for name, value, top in (("minutes", minutes, math.inf), ("fraction", fraction, 1.0)):
-        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not real or not 0 < value <= top or math.isinf(value):
-            allowed = "a finite number > 0" if top == math.inf else f"a number in (0, {top:g}]"
-            raise ValueError(f"steps_for_budget: {name} must be {allowed}, got {value!r}")
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise ValueError(f"steps_for_budget: batch_size must be an int >= 1, got {batch_size!r}")
+    where = "steps_for_budget"
+    _check_real(where, "minutes", minutes, "a finite number > 0", lambda x: 0 < x < math.inf)
+    _check_real(where, "fraction", fraction, "a number in (0, 1]", lambda x: 0 < x <= 1)
+    _check_int(where, "batch_size", batch_size, 1)
     trial = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(trial.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)

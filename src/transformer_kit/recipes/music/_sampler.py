@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from numbers import Integral
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from transformer_kit._numbers import _check_int, _check_real
 from transformer_kit.sampling import Slide, generate
 from transformer_kit.tokenization import MusicTokenizer, VoiceLeading
 from transformer_kit.tokenization.events import Piece
@@ -84,15 +84,11 @@ class PieceSampler:
                 raise ValueError(f"PieceSampler: {name} must be an int >= 1, got {count!r}")
         if slide not in get_args(Slide):
             raise ValueError(f"PieceSampler: slide must be one of {get_args(Slide)}, got {slide!r}")
-        real = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
-        if not real or not 0 <= temperature < math.inf:  # checked now, not at the first sample
-            raise ValueError(
-                f"PieceSampler: temperature must be a finite number >= 0 (0: greedy), "
-                f"got {temperature!r}"
-            )
-        integral = isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool)
-        if top_k is not None and (not integral or top_k < 1):
-            raise ValueError(f"PieceSampler: top_k must be None or an int >= 1, got {top_k!r}")
+        # Checked now, not at the first sample of a training run's evaluation.
+        finite = "a finite number >= 0 (0: greedy)"
+        _check_real("PieceSampler", "temperature", temperature, finite, lambda x: 0 <= x < math.inf)
+        if top_k is not None:
+            _check_int("PieceSampler", "top_k", top_k, 1, "None or an int >= 1")
         self.model, self.tokenizer = model, tokenizer
         self.voices, self.temperature, self.top_k = voices, temperature, top_k
         self.eval_samples, self.eval_tokens, self.seed = eval_samples, eval_tokens, seed
