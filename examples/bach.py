@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from transformer_kit.checkpoint import CheckpointError, CheckpointManager, check_run_folder
+from transformer_kit.cli import int_in, real_in
 from transformer_kit.data import TokenDataset
 from transformer_kit.logging import ConsoleLogger, JSONLLogger, TensorBoardLogger, plot_metrics
 from transformer_kit.metrics import music
@@ -27,18 +28,21 @@ from transformer_kit.tokenization import MusicTokenizer
 from transformer_kit.trainer import Trainer, TrainerConfig
 
 PLOTTED = ["score", "out_of_key", "bigram_overlap", "combined"]  # music.png; best.pt: top combined
-NUMBERS = {  # flag: (type, default, help)
-    "seed": (int, 1337, ""), "n_layer": (int, 4, ""), "n_head": (int, 8, ""),
-    "d_model": (int, 256, ""), "block_size": (int, 512, ""), "batch_size": (int, 8, ""),
-    "lr": (float, 1e-3, ""), "dropout": (float, 0.1, ""), "d_ff": (int, 1024, ""),
-    "budget_minutes": (float, None, "bound the run"), "max_steps": (int, None, "default: budget"),
-    "evals": (int, 8, "evaluations during the run"), "patience": (int, 15, "evaluations"),
-    "ema": (float, None, "average the weights, e.g. 0.995"), "heavy_from": (int, 30, "epoch"),
-    "eval_samples": (int, 4, "samples per evaluation"), "sample_tokens": (int, 1200, ""),
-    "sample_sets": (int, 1, "sets of --final-samples"), "max_shift": (int, 2, "semitones"),
-    "temperature": (float, 1.0, ""), "top_k": (int, None, ""), "final_samples": (int, None, ""),
-    "min_notes": (int, None, "no <END> before; default: 5th percentile of the pieces"),
-    "max_notes": (int, None, "end at the first chance after; default: a random piece's, 0: none"),
+COUNT, NOTES, POSITIVE = int_in(1), int_in(0), real_in(0, low_ok=False)  # argparse names the flag
+NUMBERS = {  # flag: (type, default, help); seeds in int64: the samples take seed + 2 + 1000 k
+    "seed": (int_in(-(2**63), 2**63 - 1), 1337, ""), "n_layer": (COUNT, 4, ""),
+    "n_head": (COUNT, 8, ""), "d_model": (COUNT, 256, ""), "d_ff": (COUNT, 1024, ""),
+    "block_size": (int_in(1, 4096), 512, "<= max_position"), "batch_size": (COUNT, 8, ""),
+    "lr": (POSITIVE, 1e-3, ""), "dropout": (real_in(0, 1, low_ok=True, high_ok=False), 0.1, ""),
+    "budget_minutes": (POSITIVE, None, "wall time"), "max_steps": (COUNT, None, "default: budget"),
+    "evals": (COUNT, 8, "evaluations in the run"), "patience": (COUNT, 15, "evaluations"),
+    "ema": (real_in(0, 1, low_ok=False, high_ok=False), None, "average the weights, e.g. 0.995"),
+    "heavy_from": (int_in(11), 30, "epoch"), "max_shift": (COUNT, 2, "semitones"),
+    "eval_samples": (COUNT, 4, "samples per evaluation"), "sample_tokens": (int_in(2), 1200, ""),
+    "sample_sets": (COUNT, 1, ""), "final_samples": (COUNT, None, "default: held-out count"),
+    "temperature": (real_in(0, low_ok=True), 1.0, "0: greedy"), "top_k": (COUNT, None, ""),
+    "min_notes": (NOTES, None, "no <END> before; default: 5th percentile of the pieces"),
+    "max_notes": (NOTES, None, "end at the first chance after; default: a random piece's, 0: none"),
 }  # fmt: skip
 
 
@@ -62,10 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume or args.evaluate:  # the run's own settings; flags given here win
         parser.set_defaults(**recipe.run_defaults(args.out_dir, evaluate=bool(args.evaluate)))
         args = parser.parse_args(argv)
-    for name, least in (("sample_sets", 1), ("eval_samples", 1), ("sample_tokens", 2),
-                        ("batch_size", 1), ("evals", 1), ("final_samples", 1)):  # fmt: skip
-        if (value := getattr(args, name)) is not None and value < least:
-            parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
     if args.ensemble and args.evaluate is None:
         parser.error("--ensemble needs --evaluate best|last: it only samples trained runs")
     return args

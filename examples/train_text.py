@@ -19,6 +19,7 @@ import torch
 
 from transformer_kit import sampling
 from transformer_kit.checkpoint import CheckpointError, CheckpointManager, check_run_folder
+from transformer_kit.cli import int_in, real_in
 from transformer_kit.data import TokenDataset, read_text_file, stdlib_corpus, train_val_split
 from transformer_kit.distributed import init_distributed, shutdown_distributed
 from transformer_kit.logging import (
@@ -37,27 +38,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="UTF-8 text file (default: stdlib sources)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/text"))
-    parser.add_argument("--max-steps", type=int, default=600)
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--checkpoint-every", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--max-steps", type=int_in(1), default=600)
+    parser.add_argument("--eval-every", type=int_in(1), default=100)
+    parser.add_argument("--checkpoint-every", type=int_in(1), default=None)
+    parser.add_argument("--seed", type=int_in(-(2**63), 2**64 - 1), default=1337)  # torch's range
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints/last")
-    parser.add_argument("--n-layer", type=int, default=5)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--corpus-bytes", type=int, default=4_000_000)
-    parser.add_argument("--sample-tokens", type=int, default=300)
+    parser.add_argument("--n-layer", type=int_in(1), default=5)
+    parser.add_argument("--n-head", type=int_in(1), default=4)
+    parser.add_argument("--d-model", type=int_in(1), default=128)
+    parser.add_argument("--block-size", type=int_in(1), default=128)
+    parser.add_argument("--batch-size", type=int_in(1), default=32)
+    parser.add_argument("--lr", type=real_in(0, low_ok=False), default=2e-3)
+    parser.add_argument("--dropout", type=real_in(0, 1, low_ok=True, high_ok=False), default=0.0)
+    parser.add_argument("--corpus-bytes", type=int_in(1), default=4_000_000)
+    parser.add_argument("--sample-tokens", type=int_in(1), default=300)
     parser.add_argument("--device", default="cpu", help='"cpu", "cuda" or "auto"')
-    args = parser.parse_args(argv)
-    for name in ("max_steps", "eval_every", "n_layer", "n_head", "d_model", "block_size",
-                 "batch_size", "corpus_bytes", "sample_tokens"):  # fmt: skip
-        if (value := getattr(args, name)) < 1:  # found now, not after files are written
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    return args
+    return parser.parse_args(argv)  # argparse refuses a bad number, naming its flag
 
 
 class SamplePrinter:
@@ -85,18 +81,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     try:  # on every rank before any rank can write (rendezvous below); a .gitkeep is no run
         out = check_run_folder(args.out_dir, resume=args.resume)  # not a file, not another run
         context = init_distributed(args.device)  # checks the device; world size 1 unless torchrun
-    except ValueError as error:
+        text = (
+            read_text_file(args.data) if args.data else stdlib_corpus(max_bytes=args.corpus_bytes)
+        )
+    except (OSError, ValueError) as error:  # also a --data file that is missing or not UTF-8
         raise SystemExit(str(error)) from error
     say = print if context.is_main else (lambda *a, **k: None)
-    out.mkdir(parents=True, exist_ok=True)
-    text = read_text_file(args.data) if args.data else stdlib_corpus(max_bytes=args.corpus_bytes)
     tokenizer_path = out / "tokenizer.json"
     if args.resume and tokenizer_path.exists():
         tokenizer = CharTokenizer.load(tokenizer_path)  # the ids must not change on resume
     else:
         tokenizer = CharTokenizer.fit(text, min_count=20)  # rare characters become <UNK>
     tokens = tokenizer.encode_array(text)
-    train_ids, val_ids = train_val_split(tokens, val_fraction=0.1)
+    splits = train_val_split(tokens, val_fraction=0.1) if len(tokens) > 1 else (tokens, tokens)
+    if min(len(ids) for ids in splits) <= args.block_size:  # each split needs a window + 1
+        text_from = f"--data {args.data}" if args.data else f"--corpus-bytes {args.corpus_bytes}"
+        raise SystemExit(
+            f"{text_from}: {len(tokens):,} characters, too few for --block-size {args.block_size}:"
+            f" training and validation (the last 10%) need {args.block_size + 1:,} each, about"
+            f" {10 * (args.block_size + 1):,} in all; use a longer text or a smaller --block-size"
+        )
     say(f"corpus: {len(text):,} chars, vocab {len(tokenizer.vocab)}, {tokenizer.unknown_count} unk")
 
     torch.manual_seed(args.seed)
@@ -107,8 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     config = TrainerConfig(
         warmup_steps=min(100, args.max_steps // 10), **{k: getattr(args, k) for k in keys}
     )
-    data = [TokenDataset(ids, args.block_size) for ids in (train_ids, val_ids)]  # before files
+    data = [TokenDataset(ids, args.block_size) for ids in splits]
     samples = SamplePrinter(tokenizer, args.sample_tokens, args.seed)
+    out.mkdir(parents=True, exist_ok=True)  # the first write into --out-dir
     loggers = [JSONLLogger(out / "metrics.jsonl"), TensorBoardLogger(out / "tb"),
                TextLogger(out / "samples.txt"),  # rewound on resume, like the metrics
                ConsoleLogger(total_steps=args.max_steps, every=10)]  # fmt: skip
@@ -130,16 +135,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"\nfinal sample (step {trainer.step}):\n{samples.sample(trainer)}\n")
     plot_metrics(out / "metrics.jsonl", out / "loss.png")
     summary = {
-        "parameters": model.num_parameters(),
-        "steps": trainer.step,
-        "wall_s": round(wall, 1),
-        "val_loss": final.get("val_loss"),
-        "val_ppl": final.get("val_ppl"),
-        "train_loss": final.get("train_loss"),
-        "best_val_loss": trainer.checkpoints.best_metric,
+        "parameters": model.num_parameters(), "steps": trainer.step, "wall_s": round(wall, 1),
+        "val_loss": final.get("val_loss"), "val_ppl": final.get("val_ppl"),
+        "train_loss": final.get("train_loss"), "best_val_loss": trainer.checkpoints.best_metric,
         "tokens_per_step": config.tokens_per_step(block_size=args.block_size),
         "vocab": len(tokenizer.vocab),
-    }
+    }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return final

@@ -3,6 +3,7 @@ the run folder it writes, and the README's Python snippet."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -127,25 +128,98 @@ def test_examples_refuse_an_out_dir_that_is_a_file_before_writing(tmp_path, scri
     assert file.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [file]
 
 
+def _example(script: str):
+    """An example script as a module, so that its main runs in this process (no torch start-up)."""
+    spec = importlib.util.spec_from_file_location(
+        f"example_{script[:-3]}", ROOT / "examples" / script
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A missing --data / --midi-dir makes a value that argparse lets through fail at once (where it
+# would otherwise read a corpus and train), leaving the out-dir it has already made behind.
+FAST_FAIL = {"train_text.py": ["--data", "no-such.txt"], "bach.py": ["--midi-dir", "no-such"]}
+SEED_RANGE = {"train_text.py": "[-2**63, 2**64 - 1]", "bach.py": "[-2**63, 2**63 - 1]"}
+
+
 @pytest.mark.parametrize(
-    "script, flag, value",
+    "script, flag, value, allowed",
     [
-        ("train_text.py", "--sample-tokens", "-5"),  # once found at the first evaluation
-        ("train_text.py", "--batch-size", "0"),
-        ("train_text.py", "--eval-every", "0"),
-        ("bach.py", "--batch-size", "0"),  # once a ZeroDivisionError
-        ("bach.py", "--evals", "-1"),  # once accepted: an evaluation at every step
-        ("bach.py", "--final-samples", "0"),  # once found after the whole run
+        ("train_text.py", "--sample-tokens", "-5", "an int >= 1"),  # once found at an evaluation
+        ("train_text.py", "--batch-size", "0", "an int >= 1"),
+        ("train_text.py", "--eval-every", "0", "an int >= 1"),
+        ("train_text.py", "--checkpoint-every", "0", "an int >= 1"),  # once a traceback
+        ("train_text.py", "--n-layer", "2.5", "an int >= 1"),
+        ("train_text.py", "--seed", str(2**64), None),  # once a traceback from torch
+        ("train_text.py", "--lr", "0", "a finite number > 0"),
+        ("train_text.py", "--lr", "nan", "a finite number > 0"),
+        ("train_text.py", "--dropout", "1", "a finite number >= 0 and < 1"),
+        ("bach.py", "--batch-size", "0", "an int >= 1"),  # once a ZeroDivisionError
+        ("bach.py", "--evals", "-1", "an int >= 1"),  # once accepted: an evaluation every step
+        ("bach.py", "--final-samples", "0", "an int >= 1"),  # once found after the whole run
+        ("bach.py", "--sample-tokens", "1", "an int >= 2"),  # eval_tokens = sample_tokens // 2
+        ("bach.py", "--budget-minutes", "nan", "a finite number > 0"),  # these: once tracebacks
+        ("bach.py", "--budget-minutes", "0", "a finite number > 0"),
+        ("bach.py", "--budget-minutes", "-1", "a finite number > 0"),
+        ("bach.py", "--max-shift", "-1", "an int >= 1"),  # pitch_stages' range
+        ("bach.py", "--max-shift", "0", "an int >= 1"),
+        ("bach.py", "--heavy-from", "10", "an int >= 11"),
+        ("bach.py", "--temperature", "-1", "a finite number >= 0"),  # 0 is greedy
+        ("bach.py", "--temperature", "inf", "a finite number >= 0"),
+        ("bach.py", "--seed", str(2**63), None),  # the samples take seed + 2 + 1000 k
+        ("bach.py", "--lr", "-0.001", "a finite number > 0"),
+        ("bach.py", "--dropout", "1", "a finite number >= 0 and < 1"),
+        ("bach.py", "--ema", "1", "a finite number > 0 and < 1"),
+        ("bach.py", "--ema", "0", "a finite number > 0 and < 1"),
+        ("bach.py", "--min-notes", "-1", "an int >= 0"),
+        ("bach.py", "--max-notes", "-1", "an int >= 0"),
+        ("bach.py", "--top-k", "0", "an int >= 1"),
+        ("bach.py", "--block-size", "4097", "an int in [1, 4096]"),  # music_gpt's max_position
     ],
 )
-def test_examples_refuse_a_bad_count_before_writing(tmp_path, script, flag, value):
+def test_examples_refuse_a_bad_number_naming_the_flag_before_writing(
+    tmp_path, capsys, script, flag, value, allowed
+):
+    allowed = allowed or f"an int in {SEED_RANGE[script]}"
     out = tmp_path / "run"
-    refused = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), "--out-dir", str(out), flag, value],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert refused.returncode == 2, refused.stderr  # argparse's usage error
-    assert f"{flag} must be >= 1, got {value}" in refused.stderr
+    with pytest.raises(SystemExit) as refused:
+        _example(script).main(["--out-dir", str(out), *FAST_FAIL[script], flag, value])
+    assert refused.value.code == 2  # argparse's usage error
+    assert f"argument {flag}: must be {allowed}, got '{value}'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "text, block_size, shown",
+    [
+        ("", 128, "0 characters"),  # once a ValueError from train_val_split, naming no flag
+        (" \n\t\n" * 3, 128, "12 characters"),  # whitespace alone: too few characters
+        ("def f():\n" * 20, 128, "180 characters"),  # 18 for validation: once a TokenDataset error
+        ("def f():\n" * 200, 200, "1,800 characters"),  # 180 for validation, 201 needed
+    ],
+)
+def test_train_text_refuses_too_short_a_data_file_naming_it_before_writing(
+    tmp_path, text, block_size, shown
+):
+    data = tmp_path / "tiny.txt"
+    data.write_text(text)
+    out = tmp_path / "run"
+    argv = ["--out-dir", str(out), "--data", str(data), "--block-size", str(block_size)]
+    with pytest.raises(SystemExit) as refused:
+        _example("train_text.py").main(argv)
+    message = str(refused.value.code)
+    assert message.startswith(f"--data {data}: {shown}, too few for --block-size {block_size}: ")
+    assert f"need {block_size + 1} each" in message and "use a longer text" in message
+    assert not out.exists()
+
+
+def test_train_text_refuses_too_small_a_corpus_naming_corpus_bytes_before_writing(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--out-dir", str(out), "--corpus-bytes", "2000", "--block-size", "1000"]
+    with pytest.raises(SystemExit, match=r"^--corpus-bytes 2000: [\d,]+ characters, too few for"):
+        _example("train_text.py").main(argv)
     assert not out.exists()
 
 
@@ -301,16 +375,6 @@ def test_bach_example_on_a_midi_folder_writes_results_and_resumes(tmp_path):
     )  # fmt: skip
     assert missing.returncode != 0 and "no checkpoints/" in missing.stderr
     assert not (tmp_path / "nothing").exists()
-    # A bad augmentation setting is refused before the loggers and checkpoints write: a plain
-    # retry into the same folder is not blocked by a half-made run.
-    shifted = subprocess.run(
-        [sys.executable, script, "--midi-dir", str(tmp_path / "midi"), "--out-dir",
-         str(tmp_path / "shift"), *BACH_TINY, "--max-shift", "-1"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert shifted.returncode != 0 and "max_shift" in shifted.stderr, shifted.stderr
-    assert list((tmp_path / "shift").iterdir()) == []
-
     # The CLI samples text runs; on a music run it says how to sample instead.
     with pytest.raises(SystemExit, match="--evaluate best"):
         cli.main(["generate", str(out)])
@@ -403,11 +467,28 @@ def test_cli_refuses_bad_run_folders_and_flags_with_messages_and_writes_nothing(
         ("--temperature", "-1", "a finite number >= 0"),
         ("--temperature", "nan", "a finite number >= 0"),
         ("--top-p", "0", "a finite number > 0 and <= 1"),
+        ("--seed", str(2**64), "an int in [-2**63, 2**64 - 1]"),  # once a torch error
+        ("--seed", str(-(2**63) - 1), "an int in [-2**63, 2**64 - 1]"),
+        ("--seed", "1.5", "an int in [-2**63, 2**64 - 1]"),
     ]:
         with pytest.raises(SystemExit) as refused:
             cli.main(["generate", str(tmp_path), flag, value])
         assert refused.value.code == 2  # argparse's usage error, before any file is read
         assert f"argument {flag}: must be {allowed}, got '{value}'" in capsys.readouterr().err
+
+
+def test_cli_generate_takes_the_whole_seed_range_and_reports_too_many_tokens(tmp_path, capsys):
+    _tiny_text_run(tmp_path)
+    for seed in [str(-(2**63)), str(2**64 - 1)]:  # the ends of torch's range
+        assert cli.main(["generate", str(tmp_path), "--seed", seed, "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out
+    n = 2**56  # past any address space: the allocator refuses it, overcommit or not
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["generate", str(tmp_path), "--checkpoint", "last", "--max-new-tokens", str(n)])
+    assert str(refused.value.code) == (  # the default prompt "\n" is one token
+        f"transformer-kit generate: generate: max_new_tokens={n} needs a 1 x {n + 1} int64"
+        " output buffer (576.5 PB), which cannot be allocated; ask for fewer tokens"
+    )
 
 
 def test_cli_reads_a_run_without_changing_it_and_reports_its_errors(tmp_path, capsys):

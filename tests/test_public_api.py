@@ -81,7 +81,7 @@ PUBLIC = {
         "load_splits", "music_gpt", "pitch_stages", "results_markdown", "run_defaults",
         "steps_for_budget", "token_nll", "write_results",
     ],
-    "cli": ["main"],
+    "cli": ["int_in", "main", "real_in"],
 }  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1178,6 +1178,30 @@ def test_beam_search_refuses_bad_values_up_front_naming_the_parameter_and_the_va
 
 
 @pytest.mark.parametrize(
+    "n, size",
+    [
+        (2**56, "576.5 PB"),  # the allocator refuses: past any address space, overcommit or not
+        (2**62, "3.7e+19 bytes"),  # past the int64 byte count torch computes ("overflowed")
+        (10**30, "8.0e+30 bytes"),  # past int64 itself (a TypeError inside torch)
+    ],
+)
+@pytest.mark.parametrize("decode", ["generate", "beam_search"])
+def test_an_output_too_large_to_allocate_is_refused_naming_max_new_tokens(decode, n, size):
+    model = Configured()
+    with pytest.raises(ValueError) as error:
+        if decode == "generate":
+            generate(model, torch.tensor([[1, 2]]), n)
+        else:
+            beam_search(model, torch.tensor([[1, 2]]), 2, n)
+    columns = n + 2 if decode == "generate" else n  # the prompt, then the new tokens
+    assert str(error.value) == (
+        f"{decode}: max_new_tokens={n} needs a 1 x {columns} int64 output buffer ({size}), "
+        "which cannot be allocated; ask for fewer tokens"
+    )
+    assert model.calls == 0  # found before the first step
+
+
+@pytest.mark.parametrize(
     "ids, shown", [([[1, 2, 13]], "13 at row 0, column 2"), ([[4], [-1]], "-1 at row 1, column 0")]
 )
 def test_generate_and_beam_search_refuse_out_of_vocabulary_prompts(ids, shown):

@@ -26,7 +26,79 @@ from transformer_kit.logging import plot_metrics
 from transformer_kit.models import GPT, GPTConfig
 from transformer_kit.tokenization import MusicTokenizer, load_tokenizer
 
-__all__ = ["main"]
+__all__ = ["int_in", "main", "real_in"]
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an int in ``[low, high]``, or ``>= low`` when ``high`` is None.
+
+    A bad value is refused by argparse, which names the flag: ``argument --seed: must be an
+    int in [-2**63, 2**64 - 1], got '18446744073709551616'`` (exit code 2). Defaults are
+    not passed through it unless they are strings (argparse's rule).
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> _ = parser.add_argument("--steps", type=int_in(1), default=100)
+        >>> parser.parse_args(["--steps", "20"]).steps
+        20
+    """
+    allowed = f"an int >= {low}" if high is None else f"an int in [{_shown(low)}, {_shown(high)}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def real_in(
+    low: float, high: float = math.inf, *, low_ok: bool, high_ok: bool = True
+) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``low`` and up to ``high``.
+
+    ``low_ok`` lets it equal ``low``, ``high_ok`` (the default) lets it equal ``high``; with
+    ``high=math.inf`` there is no upper bound. NaN and infinities are refused, and argparse
+    names the flag: ``argument --top-p: must be a finite number > 0 and <= 1, got '0'``.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> _ = parser.add_argument("--dropout", type=real_in(0, 1, low_ok=True, high_ok=False))
+        >>> parser.parse_args(["--dropout", "0.1"]).dropout
+        0.1
+    """
+    bounds = f"{'>=' if low_ok else '>'} {low:g}"
+    bounds += f" and {'<=' if high_ok else '<'} {high:g}" if math.isfinite(high) else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = (low < value or (low_ok and value == low)) and (
+            value < high or (high_ok and value == high)
+        )
+        if not (inside and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _shown(bound: int) -> str:
+    """``bound`` for a message: past 2**32 as a power of two (or one less) where it is one."""
+    if abs(bound) > 2**32:
+        if bound < 0 and (-bound).bit_count() == 1:
+            return f"-2**{(-bound).bit_length() - 1}"
+        if bound > 0 and (bound + 1).bit_count() == 1:
+            return f"2**{bound.bit_length()} - 1"
+        if bound > 0 and bound.bit_count() == 1:
+            return f"2**{bound.bit_length() - 1}"
+    return str(bound)
 
 
 def _run_folder(command: str, run_dir: str, *needs: str) -> Path:
@@ -111,13 +183,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("run_dir", help="a run folder written by examples/train_text.py")
     gen.add_argument("--checkpoint", default="best", help='"best" (default) or "last"')
     gen.add_argument("--prompt", default="\n")
-    gen.add_argument("--max-new-tokens", type=_int_from(1), default=300)
-    gen.add_argument("--num-samples", type=_int_from(1), default=1)
-    gen.add_argument("--temperature", type=_real_in(0, math.inf, low_ok=True), default=0.8,
+    gen.add_argument("--max-new-tokens", type=int_in(1), default=300)
+    gen.add_argument("--num-samples", type=int_in(1), default=1)
+    gen.add_argument("--temperature", type=real_in(0, math.inf, low_ok=True), default=0.8,
                      help="0: greedy")  # fmt: skip
-    gen.add_argument("--top-k", type=_int_from(1), default=None)
-    gen.add_argument("--top-p", type=_real_in(0, 1, low_ok=False), default=None)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--top-k", type=int_in(1), default=None)
+    gen.add_argument("--top-p", type=real_in(0, 1, low_ok=False), default=None)
+    gen.add_argument("--seed", type=int_in(-(2**63), 2**64 - 1), default=0)  # manual_seed's range
     gen.set_defaults(func=_generate)
 
     plot = commands.add_parser("plot", help="draw loss / lr / grad-norm curves to a PNG")
@@ -129,38 +201,6 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("run_dir")
     inspect.set_defaults(func=_inspect)
     return parser
-
-
-def _int_from(least: int) -> Callable[[str], int]:
-    """An argparse type: an int >= ``least``; argparse names the flag in its error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = least - 1
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be an int >= {least}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _real_in(low: float, high: float, *, low_ok: bool) -> Callable[[str], float]:
-    """An argparse type: a finite number above ``low`` (or equal, with ``low_ok``), <= ``high``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (low <= value <= high and math.isfinite(value)) or (value == low and not low_ok):
-            bounds = f"{'>=' if low_ok else '>'} {low:g}"
-            bounds += f" and <= {high:g}" if math.isfinite(high) else ""
-            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text!r}")
-        return value
-
-    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:

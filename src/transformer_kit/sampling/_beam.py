@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformer_kit._numbers import _as_int, _check_int, _check_real
 from transformer_kit.sampling._checks import (
     _check_prompt,
+    _output_buffer,
     _token_ids,
     _vocab_size,
 )
@@ -95,7 +96,8 @@ def beam_search(
     Raises:
         ValueError: If `ids` is not a 2-D integer tensor with at least one column or holds an
             id outside `[0, V)`, a stop id is outside `[0, V)`, or another argument has the
-            wrong type or is out of range (the message names the parameter and the value).
+            wrong type or is out of range (the message names the parameter and the value),
+            or the `(B, max_new_tokens)` buffer of the best hypotheses cannot be allocated.
 
     Example:
         >>> model = torch.nn.Embedding(6, 6)
@@ -127,7 +129,7 @@ def beam_search(
     beam_logp = torch.full((B, K), -math.inf, device=ids.device)
     beam_logp[:, 0] = 0.0
     best_score = torch.full((B,), -math.inf, device=ids.device)
-    best_tokens = torch.full((B, N), pad_id, dtype=ids.dtype, device=ids.device)
+    best_tokens = _output_buffer(where, N, (B, N), ids, fill=pad_id)  # (B, N)
     best_length = torch.zeros(B, dtype=torch.long, device=ids.device)
     with _inference(model):
         next_logits = _Stepper(

@@ -10,6 +10,7 @@ parameter, the value and what is allowed. They run once per call, before any dec
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +96,37 @@ def _token_ids(where: str, name: str, values: object, vocab_size: int | None) ->
             )
         checked.append(number)
     return checked
+
+
+def _output_buffer(
+    where: str, max_new_tokens: int, shape: tuple[int, int], ids: Tensor, fill: int | None = None
+) -> Tensor:
+    """A `shape` tensor of `ids`' dtype and device, uninitialised or full of `fill`.
+
+    Its columns hold the `max_new_tokens` new tokens, so a failed allocation (torch's allocator
+    error, a byte count past int64, a size torch cannot take at all) is a `ValueError` that
+    names `max_new_tokens`, its value and the size asked for.
+    """
+    try:
+        if fill is None:
+            return torch.empty(shape, dtype=ids.dtype, device=ids.device)
+        return torch.full(shape, fill, dtype=ids.dtype, device=ids.device)
+    except (RuntimeError, TypeError) as error:  # TypeError: a dimension past int64
+        rows, columns = shape
+        dtype = str(ids.dtype).removeprefix("torch.")
+        size = _size_text(rows * columns * ids.element_size())
+        raise ValueError(
+            f"{where}: max_new_tokens={max_new_tokens} needs a {rows} x {columns} {dtype} output"
+            f" buffer ({size}), which cannot be allocated; ask for fewer tokens"
+        ) from error
+
+
+def _size_text(n_bytes: int) -> str:
+    """`n_bytes` in decimal units (8.0 TB); past 1000 PB as 8.0e+30 bytes."""
+    for power, unit in enumerate(("bytes", "KB", "MB", "GB", "TB", "PB")):
+        if n_bytes < 1000 ** (power + 1):
+            return f"{n_bytes / 1000**power:.1f} {unit}"
+    return f"{Decimal(n_bytes):.1e} bytes"  # exact for any int, where float() would overflow
 
 
 def _stop_sequences(where: str, stop_sequences: object, vocab_size: int | None) -> list[list[int]]:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformer_kit._numbers import _check_int, _check_real
 from transformer_kit.sampling._checks import (
     _check_prompt,
+    _output_buffer,
     _stop_sequences,
     _token_id,
     _token_ids,
@@ -180,7 +181,8 @@ def generate(
             id outside `[0, V)`, another argument has the wrong type or is out of range (the
             message names the parameter and the value), `allowed_next` is a sequence whose
             length is not `B`, or it returns no ids or an id outside `[0, V)` (the message
-            names the step and the row).
+            names the step and the row). Also if the `(B, T + max_new_tokens)` output, which
+            is allocated up front, cannot be (the message names `max_new_tokens` and the size).
 
     Example:
         >>> table = torch.nn.Embedding(5, 5)
@@ -239,7 +241,7 @@ def generate(
     B, T = ids.shape
     rules = _row_rules(allowed_next, B)
     # Written in place, so it stays an ordinary tensor although the loop runs in inference mode.
-    out = torch.empty(B, T + max_new_tokens, dtype=ids.dtype, device=ids.device)
+    out = _output_buffer(where, max_new_tokens, (B, T + max_new_tokens), ids)
     out[:, :T] = ids
     n = 0  # tokens generated so far
     with _inference(model), _threads(num_threads):
