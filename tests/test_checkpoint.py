@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -468,6 +469,9 @@ def crashed(tmp_path_factory):
     spec = root / "spec.json"
     spec.write_text(json.dumps({"jobs": jobs, "results": str(root / "results.json")}))
     subprocess.run([sys.executable, str(CHILD), str(spec)], check=True, timeout=180)
+    for name in MANAGER_STAGES:  # untouched copies for the read-only tests: the others reopen
+        folders[f"read_only/{name}"] = root / "read_only" / name
+        shutil.copytree(folders[f"manager/{name}"], folders[f"read_only/{name}"])
     return folders, json.loads((root / "results.json").read_text())
 
 
@@ -673,3 +677,81 @@ def test_read_only_manager_refuses_a_missing_folder_or_a_file_and_creates_nothin
     empty = CheckpointManager(tmp_path, read_only=True)  # a folder without a manifest yet
     assert empty.last_step is None and empty.load_latest_good() is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def crashed_copy(crashed, stage: str, tmp_path: Path) -> Path:
+    """A copy of the folder that a SIGKILL at `stage` of a manager save left, for this test."""
+    folders, results = crashed
+    assert results[f"manager/{stage}"]["signal"] == signal.SIGKILL
+    return Path(shutil.copytree(folders[f"read_only/{stage}"], tmp_path / "checkpoints"))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("stage", MANAGER_STAGES)
+def test_read_only_open_after_a_crash_sees_what_a_writing_open_recovers(crashed, stage, tmp_path):
+    folder, last = crashed_copy(crashed, stage, tmp_path), MANAGER_STAGES[stage][2][0]
+    before = snapshot(folder)
+
+    reader = CheckpointManager(folder, read_only=True)
+    assert (reader.last_step, reader.load("last")["step"]) == (last, last)
+    for name, entry in reader.manifest["checkpoints"].items():  # each listed file verifies
+        assert reader.load(name)["step"] == entry["step"]
+    assert snapshot(folder) == before  # no unlink, rename or write: a journal is still there
+
+    writer = CheckpointManager(folder, **MANAGER)  # recovers, deletes the journal, tidies
+    assert not (folder / "manifest.pending.json").exists()
+    seen, kept = reader.manifest, writer.manifest
+    assert set(seen["checkpoints"]) - set(kept["checkpoints"]) <= {"step-00000300"}  # rotated
+    assert kept == {**seen, "checkpoints": {n: seen["checkpoints"][n] for n in kept["checkpoints"]}}
+    assert (writer.last_step, writer.load("last")["step"]) == (last, last)
+
+
+def test_read_only_open_leaves_the_deletions_of_a_committed_save_to_its_writer(crashed, tmp_path):
+    # Killed after the commit, before rotation deleted step-00000300.pt and the journal.
+    folder = crashed_copy(crashed, "before_rotation_delete", tmp_path)
+    journal = json.loads((folder / "manifest.pending.json").read_text())
+    assert journal["manifest"] == json.loads((folder / "manifest.json").read_text())
+    assert journal["remove"] == ["step-00000300.pt"] and (folder / "step-00000300.pt").exists()
+    before = snapshot(folder)
+
+    reader = CheckpointManager(folder, read_only=True)
+    assert snapshot(folder) == before
+    assert "step-00000300" not in reader.manifest["checkpoints"] and reader.last_step == 500
+    CheckpointManager(folder, **MANAGER)
+    assert not (folder / "step-00000300.pt").exists()
+
+
+def test_read_only_open_ignores_an_unreadable_journal_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    committed = filled_manager(folder).manifest
+    (folder / "manifest.pending.json").write_text('{"manifest": ')
+    before = snapshot(folder)
+
+    reader = CheckpointManager(folder, read_only=True)
+    assert f"ignoring an unreadable journal: {folder}/manifest.pending.json" in caplog.text
+    assert reader.manifest == committed and reader.load("last")["step"] == 450
+    assert snapshot(folder) == before
+
+
+def test_read_only_open_survives_a_save_that_commits_while_it_reads(crashed, tmp_path, caplog):
+    # The journal vanishes as the reader comes to read it: the writer has just committed the
+    # save. The reader must then read the new manifest, not pair the old one with new files.
+    folder = crashed_copy(crashed, "manifest_before_rename", tmp_path)
+    real_read_text, committing = Path.read_text, []
+
+    def commit_first(path: Path, *args, **kwargs) -> str:
+        if path.name == "manifest.pending.json" and not committing:
+            committing.append(path)
+            CheckpointManager(folder, **MANAGER)  # commits and deletes the journal
+        return real_read_text(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "read_text", commit_first)
+        reader = CheckpointManager(folder, read_only=True)
+    assert committing and not (folder / "manifest.pending.json").exists()
+    assert "unreadable journal" not in caplog.text  # a vanished journal is no journal
+    assert (reader.last_step, reader.load("last")["step"]) == (500, 500)
+    assert reader.manifest == CheckpointManager(folder, read_only=True).manifest

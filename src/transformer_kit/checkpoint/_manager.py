@@ -39,7 +39,9 @@ from transformer_kit.checkpoint._manifest import (
     encode_metric,
     finish,
     json_writer,
+    merge_journal,
     periodic_newest_first,
+    read_journal,
     read_manifest,
     recover,
     rotate,
@@ -67,10 +69,11 @@ class CheckpointManager:
         monitor: the metric that decides `best`.
         mode: "min" when lower is better (a loss), "max" when higher is (an accuracy).
         every_steps: write a periodic checkpoint when ``step % every_steps == 0``; None: never.
-        read_only: only read the folder, which must exist: nothing is created, recovered,
-            tidied or rotated, so a reader (``transformer-kit inspect``, a sampling script)
-            is safe beside the process that saves there, whatever its ``keep_last``. The
-            manifest's own ``monitor`` and ``mode`` are kept; `save` raises.
+        read_only: only read the folder, which must exist: nothing is created, written,
+            deleted, tidied or rotated, so a reader (``transformer-kit inspect``, a sampling
+            script) is safe beside the process that saves there, whatever its ``keep_last``.
+            A pending journal is merged in memory, so the reader sees what a writing open
+            would recover. The manifest's own ``monitor`` and ``mode`` are kept; `save` raises.
     """
 
     def __init__(
@@ -286,14 +289,26 @@ class CheckpointManager:
         return f"no other checkpoint in {self.directory} verifies"
 
     def _read(self) -> dict[str, Any]:
-        """The committed manifest, less the entries whose files are gone; nothing is written."""
+        """What `_open` would make of the folder, less the entries whose files are gone.
+
+        A pending journal is merged in memory as `_open` merges it; nothing is written or
+        deleted (the deletions a committed save left are its writer's to do).
+        """
         if not self.directory.is_dir():
             what = "a file" if self.directory.exists() else "missing"
             raise CheckpointError(f"{self.directory} is not a checkpoint folder ({what})")
+        # The journal is read before the manifest. A live save that commits in between then
+        # shows its new manifest; in the other order the old manifest could meet the new
+        # files with the journal already gone, and `load` would see a sha256 mismatch.
+        journal = read_journal(self.directory / JOURNAL_NAME)
         manifest_path = self.directory / MANIFEST_NAME
-        if not manifest_path.exists():
-            return empty_manifest(self.monitor, self.mode)
-        manifest = read_manifest(manifest_path)
+        manifest = (
+            read_manifest(manifest_path)
+            if manifest_path.exists()
+            else empty_manifest(self.monitor, self.mode)
+        )
+        if journal is not None:
+            manifest, _ = merge_journal(self.directory, manifest, journal)
         for name in list(manifest["checkpoints"]):
             if not self._path(name).is_file():
                 logger.warning("%s is listed in the manifest but missing", self._path(name))

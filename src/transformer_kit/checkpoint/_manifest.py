@@ -4,7 +4,8 @@
 the best metric and step. It is replaced last in a save, so it is the commit marker. Before the
 renames, a journal (`manifest.pending.json`) records the manifest the save is about to commit;
 after a crash, `recover` adopts each final file that already holds the journal's content and
-keeps the committed entry for everything else.
+keeps the committed entry for everything else. `merge_journal` is that merge alone, touching no
+file, for a read-only reader.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ __all__ = [
     "encode_metric",
     "finish",
     "json_writer",
+    "merge_journal",
     "periodic_newest_first",
+    "read_journal",
     "read_manifest",
     "recover",
     "rotate",
@@ -113,34 +116,60 @@ def json_writer(data: object) -> Callable[[BinaryIO], object]:
     return lambda file: file.write(text.encode("utf-8"))
 
 
-def recover(folder: Path, committed: dict[str, Any], journal_path: Path) -> dict[str, Any]:
-    """Merge an interrupted save: adopt each file whose content is what the journal planned."""
+def read_journal(path: Path) -> dict[str, Any] | None:
+    """The journal at `path`; None when there is none, or when it is unreadable (logged).
+
+    A journal that vanishes before it is read (a live save has just committed) counts as none.
+    """
     try:
-        journal = read_manifest(journal_path, key="manifest")
+        return read_manifest(path, key="manifest")
     except CheckpointError as error:
-        logger.warning("ignoring an unreadable journal: %s", error)
-        return committed
+        if not isinstance(error.__cause__, FileNotFoundError):
+            logger.warning("ignoring an unreadable journal: %s", error)
+        return None
+
+
+def merge_journal(
+    folder: Path, committed: dict[str, Any], journal: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """The manifest an interrupted save leaves, and the file names its commit left to delete.
+
+    Adopts each final file whose content is what the journal planned and keeps the committed
+    entry for everything else. Only reads the folder: the caller decides whether to delete.
+    """
     planned = journal["manifest"]
     if planned == committed:  # the commit happened; only the deletions may be left
-        for file_name in journal.get("remove", []):
-            _unlink(folder / file_name)
-        return committed
+        return committed, list(journal.get("remove", []))
     result = copy.deepcopy(committed)
     for name, entry in planned["checkpoints"].items():
         old = committed["checkpoints"].get(name)
         path = checkpoint_path(folder, name)
         if entry == old or not path.is_file():
             continue
-        digest = sha256_file(path)
+        try:
+            digest = sha256_file(path)
+        except FileNotFoundError:  # a save in another process rotated it away meanwhile
+            continue
         if digest == entry["sha256"]:
-            logger.warning("adopting %s (step %d), saved just before a crash", path, entry["step"])
+            logger.warning("adopting %s (step %d) from an unfinished save", path, entry["step"])
             result["checkpoints"][name] = entry
             if name == "best":
                 result.update(best_metric=planned["best_metric"], best_step=planned["best_step"])
         elif old is not None and digest != old["sha256"]:
             logger.warning("%s matches neither manifest; it is no longer listed", path)
             del result["checkpoints"][name]
-    return result
+    return result, []
+
+
+def recover(folder: Path, committed: dict[str, Any], journal_path: Path) -> dict[str, Any]:
+    """Merge an interrupted save (see `merge_journal`) and delete the files its commit left."""
+    journal = read_journal(journal_path)
+    if journal is None:
+        return committed
+    manifest, leftover = merge_journal(folder, committed, journal)
+    for file_name in leftover:
+        _unlink(folder / file_name)
+    return manifest
 
 
 def finish(folder: Path, removed: list[str]) -> None:
