@@ -5,8 +5,7 @@
     python examples/bach.py --midi-dir my_midi/ --out-dir runs/mine   # your own MIDI folder
     python examples/bach.py --out-dir runs/bach --evaluate last --temperature 0.8  # sample again
 
-Needs the `music` extra. Writes metrics.jsonl, tb/, checkpoints/, loss.png, music.png, samples/
-and results.{md,json} into --out-dir; `--evaluate` writes into a new folder (docs/recipes.md).
+Needs the `music` extra; writes into --out-dir, `--evaluate` into a new folder (docs/recipes.md).
 """
 
 from __future__ import annotations
@@ -55,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints/last")
     parser.add_argument("--rhythm", action="store_true", help="also x2 / x0.5 rhythm, epoch 30+")
-    parser.add_argument("--voice-features", action=argparse.BooleanOptionalAction, default=False,
-                        help="also feed how long each voice keeps sounding")  # fmt: skip
+    for flag, text in (("--voice-features", "also feed how long each voice keeps sounding"),
+                       ("--key-token", "open each piece with its key signature")):  # fmt: skip
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=False, help=text)
     parser.add_argument("--voices", choices=["fill", "mono", "grammar"], default="fill",
                         help="VoiceLeading (fill: all voices sound), or grammar")  # fmt: skip
     parser.add_argument("--evaluate", choices=["best", "last"], help="sample this checkpoint")
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         bounds = recipe.length_bounds(pieces["train"], args.min_notes, args.max_notes)
     except (OSError, ValueError) as error:  # no such folder, too few pieces, bad --*-notes
         raise SystemExit(str(error)) from error
-    tok = recipe.fit_tokenizer(sum(pieces.values(), [])) if args.midi_dir else MusicTokenizer()
+    tok = (recipe.fit_tokenizer(sum(pieces.values(), []), key_tokens=args.key_token)
+           if args.midi_dir else MusicTokenizer(key_tokens=args.key_token))  # fmt: skip
     streams = {name: recipe.encode_pieces(tok, split) for name, split in pieces.items()}
     print({name: f"{len(pieces[name])} pieces, {len(s):,} tokens" for name, s in streams.items()})
     args.min_notes, max_notes = bounds  # default: 5th percentile; maxima drawn from the lengths
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     sampler = recipe.PieceSampler(  # what MusicalEarlyStopping and the final samples draw
         model, tok, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
         max_notes=max_notes, temperature=args.temperature, seed=args.seed,
-        eval_samples=args.eval_samples, eval_tokens=args.sample_tokens // 2,
-    )  # fmt: skip
+        eval_samples=args.eval_samples, eval_tokens=args.sample_tokens // 2)  # fmt: skip
     if args.evaluate is not None:  # sample a trained checkpoint again, into its own folder
         try:
             runs = [out, *(args.ensemble or [])]

@@ -422,6 +422,78 @@ def test_pitch_shift_draws_every_shift_and_is_deterministic_under_a_seed():
     assert torch.equal(out, again) and not torch.equal(out, other)
 
 
+KEYED = MusicTokenizer(key_tokens=True)  # TOK's ids, then <KEY:-6>..<KEY:5>
+KEY_SHIFT = {"note_ids": KEYED.note_ids, "key_ids": KEYED.key_ids}
+
+
+def _shift_stream(ids: list[int], semitones: int, seed: int = 0) -> list[int]:
+    """One token stream through PitchShift((semitones,)) as an (inputs, targets) pair."""
+    row = torch.tensor([ids])
+    out, out_targets = PitchShift((semitones,), **KEY_SHIFT)(
+        row[:, :-1], row[:, 1:], generator=_gen(seed)
+    )
+    assert torch.equal(out[:, 1:], out_targets[:, :-1])
+    return torch.cat([out[0], out_targets[0, -1:]]).tolist()
+
+
+@pytest.mark.parametrize(
+    "key, semitones, shifted",
+    [(0, 1, -5), (1, -2, -1), (3, 5, 2), (0, 0, 0), (-6, 1, 1), (5, -1, -2), (-1, 12, -1),
+     (2, 7, 3)],
+)  # fmt: skip
+def test_pitch_shift_transposes_the_key_token_by_hand(key, semitones, shifted):
+    # C up 1 = Db (5 flats); G down 2 = F; A up 5 = D; Gb up 1 = G; B down 1 = Bb; D up 7 = A.
+    ids = KEYED.encode([NoteEvent(60, 1, 0.0, 1.0, key=key)])
+    out = _shift_stream(ids, semitones)
+    assert out[1] == KEYED.key_id(shifted)
+    assert out[2] == ids[2] + semitones and out[:1] + out[3:] == ids[:1] + ids[3:]
+
+
+def test_pitch_shift_keeps_the_key_of_a_row_it_leaves_unchanged():
+    ids = KEYED.encode([NoteEvent(KEYED.max_pitch, 1, 0.0, 1.0, key=2)])
+    assert _shift_stream(ids, 1) == ids  # the note would leave the range: nothing moves
+    assert _shift_stream(ids, -1)[1] == KEYED.key_id(2 - 7)
+    plain = PitchShift((1,), note_ids=KEYED.note_ids)  # without key_ids the key stays put
+    row = torch.tensor([KEYED.encode([NoteEvent(60, 1, 0.0, 1.0, key=2)])])
+    assert plain(row[:, :-1], row[:, 1:], generator=_gen(0))[0][0, 1] == KEYED.key_id(2)
+
+
+def _shift_events(events: list[NoteEvent], semitones: int) -> list[NoteEvent]:
+    """Transposed events: every pitch by `semitones`, every key by 7 sharps a semitone."""
+    return [
+        NoteEvent(e.pitch + semitones, e.voice, e.onset, e.duration, e.bar,
+                  (e.key + 7 * semitones + 6) % 12 - 6)
+        for e in events
+    ]  # fmt: skip
+
+
+TRANSPOSABLE = st.lists(  # pitches 6 semitones inside KEYED's range, so any |s| <= 6 fits
+    st.builds(
+        NoteEvent, pitch=st.integers(40, 77), voice=st.integers(1, 4),
+        onset=st.integers(0, 16).map(lambda k: k * 0.5), duration=st.sampled_from([0.5, 1.0, 2.0]),
+        key=st.integers(-7, 7),
+    ),
+    min_size=1, max_size=8,
+)  # fmt: skip
+
+
+@given(events=TRANSPOSABLE, semitones=st.integers(-6, 6))
+def test_pitch_shift_of_a_stream_is_the_stream_of_the_shifted_events(events, semitones):
+    ids = KEYED.encode(events)
+    shifted = _shift_stream(ids, semitones)
+    assert shifted == KEYED.encode(_shift_events(events, semitones))
+    assert _shift_stream(shifted, -semitones) == ids  # and back again
+
+
+def test_pitch_shift_refuses_bad_key_ids():
+    with pytest.raises(ValueError, match="key_ids must be an empty range or a range of 12"):
+        PitchShift((1,), note_ids=NOTES, key_ids=range(93, 100))
+    with pytest.raises(ValueError, match="key_ids must be an empty range or a range of 12"):
+        PitchShift((1,), note_ids=NOTES, key_ids=[93, 94])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must not overlap note_ids"):
+        PitchShift((1,), note_ids=NOTES, key_ids=range(50, 62))
+
+
 def _music_calls(aug: StagedAugmentation, indices: range) -> list[tuple[torch.Tensor, ...]]:
     return [aug(*_music_batch(8, 16, seed=i), epoch=EPOCHS[i]) for i in indices]
 

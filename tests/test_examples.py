@@ -223,20 +223,53 @@ def test_train_text_refuses_too_small_a_corpus_naming_corpus_bytes_before_writin
     assert not out.exists()
 
 
-def _midi_folder(folder: Path, n: int = 24) -> None:
-    """Four-voice pieces on a sixteenth grid, each with its own soprano tune."""
+def _midi_folder(folder: Path, n: int = 24, *, keys: bool = False) -> None:
+    """Four-voice pieces on a sixteenth grid, each with its own soprano tune (and key)."""
     from transformer_kit.data import write_midi
     from transformer_kit.tokenization.events import NoteEvent
 
     rng = __import__("random").Random(0)
     folder.mkdir()
     for i in range(n):
+        key = i % 5 - 2 if keys else 0
         piece = [
-            NoteEvent(base + rng.randrange(0, 7), voice, float(beat), 1.0, bar=beat // 4)
+            NoteEvent(base + rng.randrange(0, 7), voice, float(beat), 1.0, bar=beat // 4, key=key)
             for beat in range(16)
             for voice, base in enumerate((67, 60, 55, 43), start=1)
         ]
         write_midi(piece, folder / f"piece_{i:02d}.mid")
+
+
+@pytest.mark.slow
+def test_bach_example_with_key_token_samples_pieces_that_open_with_a_key(tmp_path):
+    pytest.importorskip("music21")
+    from transformer_kit.recipes import music as recipe
+    from transformer_kit.tokenization import MusicTokenizer
+
+    _midi_folder(tmp_path / "midi", keys=True)
+    out = tmp_path / "run"
+    args = ["--midi-dir", str(tmp_path / "midi"), "--out-dir", str(out), *BACH_TINY]
+    script = str(ROOT / "examples" / "bach.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(
+        [sys.executable, script, *args, "--key-token", "--max-steps", "4"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert json.loads((out / "run.json").read_text())["key_token"] is True
+    tok = MusicTokenizer.load(out / "tokenizer.json")
+    assert tok.key_tokens and json.loads((out / "results.json").read_text())["decodable"] == 1.0
+    model, _ = recipe.load_run_model(out, "last")
+    ids = recipe.PieceSampler(model, tok, min_notes=4).ids(3, 40, seed=0)
+    for row in ids.tolist():  # the grammar drew a key first, and every note carries it
+        assert row[1] in tok.key_ids
+        assert {e.key for e in tok.decode(row)} <= {row[1] - tok.key_ids.start - 6}
+    # --evaluate (no --key-token given) rebuilds the keyed tokenizer from run.json.
+    evaluated = subprocess.run(
+        [sys.executable, script, "--out-dir", str(out), "--evaluate", "last"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
 
 
 @pytest.mark.slow

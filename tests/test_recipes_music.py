@@ -85,6 +85,9 @@ def test_fit_tokenizer_covers_the_pieces_and_two_semitones_more():
     assert len(edge.note_ids) == 128  # MIDI 0..127: the margin is clamped at both ends
     with pytest.raises(ValueError, match="pieces must hold at least one note"):
         recipe.fit_tokenizer([[], []])
+    assert not tok.key_tokens
+    keyed = recipe.fit_tokenizer(pieces, key_tokens=True)
+    assert keyed.key_tokens and keyed.vocab.tokens[: len(tok.vocab)] == tok.vocab.tokens
 
 
 def test_encode_pieces_is_the_tokenizer_streams_back_to_back():
@@ -160,6 +163,12 @@ def test_load_run_model_rebuilds_the_shape_and_prefers_the_weight_average(tmp_pa
     voiced, _ = recipe.load_run_model(tmp_path / "voices", "last")
     assert isinstance(voiced.position_features, FeatureSum)  # the shape comes from run.json
 
+    keyed = MusicTokenizer(key_tokens=True)  # the option comes back from tokenizer.json
+    _save_run(tmp_path / "keyed", keyed, recipe.music_gpt(keyed, **TINY), step=1)
+    assert recipe.load_run_model(tmp_path / "keyed", "last")[0].config.vocab_size == 105
+    with pytest.raises(ValueError, match="its tokenizer differs"):
+        recipe.load_run_model(tmp_path / "keyed", "last", tok)
+
     (tmp_path / "bare").mkdir()
     tok.save(tmp_path / "bare" / "tokenizer.json")
     (tmp_path / "bare" / "run.json").write_text("{}")
@@ -186,7 +195,7 @@ def test_run_defaults_resume_everything_but_the_command_and_evaluate_the_shape(t
     (tmp_path / "run.json").write_text(json.dumps(saved))
     resumed = recipe.run_defaults(tmp_path)
     assert resumed == {
-        "voice_features": False,  # a run older than the flag had none
+        "voice_features": False, "key_token": False,  # a run older than the flags had none
         "midi_dir": "midi/", "d_model": 64, "block_size": 128, "batch_size": 3,
         "temperature": 0.8, "max_steps": 90,
     }  # fmt: skip
@@ -194,10 +203,14 @@ def test_run_defaults_resume_everything_but_the_command_and_evaluate_the_shape(t
     evaluated = recipe.run_defaults(tmp_path, evaluate=True)
     # The model's shape and the data split, so the held-out pieces are the run's; no sampler.
     assert evaluated == {
-        "voice_features": False, "d_model": 64, "block_size": 128, "midi_dir": "midi/", "seed": 7
+        "voice_features": False, "key_token": False, "d_model": 64, "block_size": 128,
+        "midi_dir": "midi/", "seed": 7,
     }  # fmt: skip
     (tmp_path / "run.json").write_text(json.dumps({**saved, "voice_features": True}))
     assert recipe.run_defaults(tmp_path)["voice_features"] is True
+    (tmp_path / "run.json").write_text(json.dumps({**saved, "key_token": True}))
+    assert recipe.run_defaults(tmp_path)["key_token"] is True  # the same tokenizer again
+    assert recipe.run_defaults(tmp_path, evaluate=True)["key_token"] is True
     for text, match in (("[1, 2]", "JSON object, got list"), ("{oops", "not valid JSON")):
         (tmp_path / "run.json").write_text(text)
         with pytest.raises(ValueError, match=match) as caught:
@@ -439,6 +452,19 @@ def test_pitch_stages_follow_the_seed_schedule():
     assert isinstance(with_rhythm, Compose)
     assert [type(t) for t in with_rhythm.transforms] == [PitchShift, RhythmScale]
     assert with_rhythm.transforms[0].semitones == (-2, -1, 0, 1, 2)
+
+
+def test_pitch_stages_move_the_key_token_with_the_notes():
+    keyed = MusicTokenizer(key_tokens=True)
+    stages = recipe.pitch_stages(keyed, rhythm=True).stages
+    shifts = [stages[1].transform, stages[2].transform.transforms[0]]
+    assert all(t.key_ids == keyed.key_ids == range(93, 105) for t in shifts)
+    assert not recipe.pitch_stages(MusicTokenizer()).stages[1].transform.key_ids
+    ids = torch.tensor([keyed.encode([NoteEvent(60, 1, 0.0, 1.0)])] * 16)  # C major
+    out, _ = shifts[1](ids[:, :-1], ids[:, 1:], generator=torch.Generator().manual_seed(0))
+    drawn = (out[:, 2] - ids[:, 2]).tolist()  # each row's shift
+    assert len(set(drawn)) > 1
+    assert out[:, 1].tolist() == [keyed.key_id((7 * k + 6) % 12 - 6) for k in drawn]
 
 
 def test_pitch_stages_widen_and_advance_the_last_stage():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ TOKENIZERS = {
     ),
     "coarse": MusicTokenizer(min_pitch=60, max_pitch=60, voices=1, durations=(1.0,),
                              time_steps=(0.0, 1.0)),
+    "keyed": MusicTokenizer(key_tokens=True),
 }  # fmt: skip
+KEYED = TOKENIZERS["keyed"]
 tmp_path_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -113,6 +116,50 @@ def test_time_values_per_id() -> None:
     assert len(values) == len(TOK.vocab)
     assert [values[i] for i in TOK.time_ids] == list(DEFAULT_TIME_STEPS)
     assert all(values[i] == 0.0 for i in range(len(values)) if i not in TOK.time_ids)
+
+
+def test_key_tokens_add_one_group_after_the_others() -> None:
+    assert KEYED.key_tokens and not TOK.key_tokens
+    assert KEYED.vocab.group_names == ("special", "note", "voice", "dur", "time", "key")
+    assert KEYED.vocab.tokens[: len(TOK.vocab)] == TOK.vocab.tokens  # every other id as before
+    assert KEYED.key_ids == range(93, 105) and len(KEYED.vocab) == 105
+    assert _names(KEYED, list(KEYED.key_ids)) == [f"<KEY:{k}>" for k in range(-6, 6)]
+    assert TOK.key_ids == range(93, 93)  # empty without the option
+    values = KEYED.time_values()
+    assert len(values) == 105 and all(values[i] == 0.0 for i in KEYED.key_ids)
+    assert len(KEYED.duration_values()) == 105
+
+
+@pytest.mark.parametrize(
+    "key, token",
+    [(0, "<KEY:0>"), (1, "<KEY:1>"), (-1, "<KEY:-1>"), (5, "<KEY:5>"), (-5, "<KEY:-5>"),
+     (6, "<KEY:-6>"), (-6, "<KEY:-6>"), (7, "<KEY:-5>"), (-7, "<KEY:5>")],
+)  # fmt: skip
+def test_key_id_spells_a_signature_with_at_most_6_flats_or_5_sharps(key: int, token: str) -> None:
+    assert KEYED.vocab.id_to_token(KEYED.key_id(key)) == token
+
+
+def test_key_id_errors_name_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="has no KEY tokens"):
+        TOK.key_id(0)
+    with pytest.raises(ValueError, match="key must be an int in \\[-7, 7\\], got 8"):
+        KEYED.key_id(8)
+    with pytest.raises(ValueError, match="key_tokens must be a bool, got 1"):
+        MusicTokenizer(key_tokens=1)  # type: ignore[arg-type]
+
+
+def test_encode_opens_with_the_first_events_key_and_decode_gives_it_to_every_event() -> None:
+    piece = [NoteEvent(62, 1, 2.0, 1.0, key=2), NoteEvent(60, 2, 0.0, 2.0, key=7)]
+    ids = KEYED.encode(piece)
+    assert _names(KEYED, ids[:3]) == ["<START>", "<KEY:-5>", "<NOTE:C4>"]  # C# major is Db
+    assert [e.key for e in KEYED.decode(ids)] == [-5, -5]  # one key: a later change is dropped
+    assert KEYED.decode(ids) == KEYED.quantize(piece)
+    assert _names(KEYED, KEYED.encode([])) == ["<START>", "<KEY:0>", "<END>"]
+    body = KEYED.encode(piece, add_start=False)  # a window body has no KEY token
+    assert body == ids[2:] and [e.key for e in KEYED.decode(body)] == [0, 0]
+    assert [e.key for e in KEYED.decode(ids[1:])] == [-5, -5]  # <START> is optional
+    assert TOK.encode(piece) == [TOK.start_id, *ids[2:]]  # without the option: as before
+    assert [e.key for e in TOK.decode(TOK.encode(piece))] == [0, 0]
 
 
 # -- the stream, by hand -------------------------------------------------------------------
@@ -195,7 +242,15 @@ def test_quantize_is_idempotent_and_on_the_grid(
     piece = tok.quantize(events)
     assert tok.quantize(piece) == piece
     assert piece == sort_events(piece) and len(piece) == len(events)
-    assert all(e.duration in tok.durations and e.key == 0 for e in piece)
+    key = 0  # without KEY tokens; with them, the first encoded event's, spelt in -6..5
+    if tok.key_tokens and events:
+        first = min(
+            range(len(events)),
+            key=lambda k: (math.floor(events[k].onset / tok.grid + 0.5), events[k].voice,
+                           events[k].pitch, k),
+        )  # fmt: skip
+        key = (events[first].key + 6) % 12 - 6
+    assert all(e.duration in tok.durations and e.key == key for e in piece)
     assert all(e.onset == round(e.onset / tok.grid) * tok.grid for e in piece)
     if piece:
         assert piece[0].bar == 0
@@ -296,6 +351,40 @@ def test_allowed_next_by_state(prefix: list[int], allowed: list[int]) -> None:
     assert sorted(TOK.allowed_next(prefix)) == sorted(allowed)
 
 
+K, KEYS_ALL = KEYED.key_ids[6], list(KEYED.key_ids)  # <KEY:0>; the other ids are TOK's
+
+
+@pytest.mark.parametrize(
+    "prefix, allowed",
+    [
+        ([], [S]),
+        ([S], KEYS_ALL),  # only a key signature may open the piece
+        ([P, S, P], KEYS_ALL),
+        ([S, K], [E, R, *NOTES]),
+        ([S, K, R, T1], [R, *NOTES]),  # still before the first note: no bar line
+        ([S, K, R, T2, R, T1], [R, *NOTES]),
+        ([K, R, T1], [R, *NOTES]),  # a window without <START>
+        ([S, K, N, V, D, T1], [B, R, *NOTES]),
+        ([S, K, N, V, D, T2, R, T1], [B, R, *NOTES]),
+        ([S, K, N, V, D, T0], [E, *NOTES]),
+        ([S, K, N, V, D, T0, E], [P]),
+    ],
+)
+def test_allowed_next_with_key_tokens_by_state(prefix: list[int], allowed: list[int]) -> None:
+    assert sorted(KEYED.allowed_next(prefix)) == sorted(allowed)
+
+
+@given(case=tokenizer_and_events())
+def test_key_tokens_are_allowed_right_after_start_and_nowhere_else(
+    case: tuple[MusicTokenizer, list[NoteEvent]],
+) -> None:
+    _, events = case
+    ids = KEYED.encode([e for e in events if e.voice <= 2])
+    keys = set(KEYED.key_ids)
+    where = [k for k in range(len(ids) + 1) if keys & set(KEYED.allowed_next(ids[:k]))]
+    assert where == [1] and ids[1] in keys
+
+
 class _CountingList(list):
     """A list that counts element reads, to check that the grammar reads a bounded suffix."""
 
@@ -330,20 +419,25 @@ def test_allowed_next_reads_a_bounded_suffix_of_long_prefixes() -> None:
     scale=st.sampled_from([1.0, 20.0]),
     temperature=st.floats(0.5, 2.0),
 )
+@pytest.mark.parametrize("name", ["default", "keyed"])
 def test_generation_under_the_grammar_always_decodes(
-    seed: int, scale: float, temperature: float
+    name: str, seed: int, scale: float, temperature: float
 ) -> None:
-    model = tiny_music_gpt(TOK, seed=seed, block_size=64, scale=scale)
-    prompt = torch.full((8, 1), TOK.start_id)
+    tok = TOKENIZERS[name]
+    model = tiny_music_gpt(tok, seed=seed, block_size=64, scale=scale)
+    prompt = torch.full((8, 1), tok.start_id)
     out = generate(
-        model, prompt, 63, allowed_next=TOK.allowed_next, temperature=temperature,
+        model, prompt, 63, allowed_next=tok.allowed_next, temperature=temperature,
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
     assert out.shape == (8, 64)
     for row in out.tolist():  # a scaled model may end at once: empty pieces are legal too
-        piece = TOK.decode(row)
-        assert TOK.quantize(piece) == piece
-        assert TOK.decode(TOK.encode(piece)) == piece
+        piece = tok.decode(row)
+        assert tok.quantize(piece) == piece
+        assert tok.decode(tok.encode(piece)) == piece
+        if tok.key_tokens:  # the grammar drew a key first, and every note carries it
+            assert row[1] in tok.key_ids
+            assert all(e.key == row[1] - tok.key_ids.start - 6 for e in piece)
 
 
 def test_generation_under_the_grammar_writes_notes() -> None:
@@ -376,6 +470,24 @@ def test_generation_under_the_grammar_writes_notes() -> None:
 def test_decode_names_the_position_and_the_token(ids: list[int], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TOK.decode(ids)
+
+
+@pytest.mark.parametrize(
+    "ids, match",
+    [
+        ([S, N], r"token <NOTE:A#1> \(id 5\) at position 1 cannot follow <START>; "
+                 r"allowed there: <KEY:\*>"),
+        ([S, E], "position 1 cannot follow <START>"),  # even an empty piece has a key
+        ([S, K, K], r"position 2 cannot follow <KEY:0>; allowed there: <END>, <NOTE:\*>, <REST>"),
+        ([S, K, N, V, D, T1, K], "position 6 cannot follow <TIME:\\+1.0>"),
+        ([K, N, V, D, T0, S], "position 5"),
+    ],
+)  # fmt: skip
+def test_decode_with_key_tokens_refuses_a_key_anywhere_but_after_start(
+    ids: list[int], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        KEYED.decode(ids)
 
 
 def test_decode_skips_padding_stops_at_end_and_drops_a_cut_off_event() -> None:
@@ -460,8 +572,23 @@ def test_save_load_round_trips_ids_and_grid(tmp_path: Path, name: str) -> None:
         assert (back.min_pitch, back.max_pitch, back.voices) == (
             tok.min_pitch, tok.max_pitch, tok.voices
         )  # fmt: skip
-        piece = [NoteEvent(tok.max_pitch, tok.voices, 1.0, 1.0)]
+        assert back.key_tokens == tok.key_tokens
+        piece = [NoteEvent(tok.max_pitch, tok.voices, 1.0, 1.0, key=3)]
         assert back.encode(piece) == tok.encode(piece)
+    assert ("key_tokens" in payload["config"]) == tok.key_tokens  # written only when True
+
+
+def test_a_file_from_before_key_tokens_loads_without_them(tmp_path: Path) -> None:
+    payload = TOK.to_dict()
+    assert set(payload["config"]) == {"min_pitch", "max_pitch", "voices", "durations",
+                                      "time_steps"}  # fmt: skip
+    assert not MusicTokenizer.from_dict(payload).key_tokens
+    keyed = KEYED.to_dict()
+    assert keyed["config"]["key_tokens"] is True
+    with pytest.raises(ValueError, match="key_tokens must be a bool, got 'yes'"):
+        MusicTokenizer.from_dict({**keyed, "config": {**keyed["config"], "key_tokens": "yes"}})
+    with pytest.raises(ValueError, match="is not the one its config builds"):
+        MusicTokenizer.from_dict({**keyed, "config": payload["config"]})  # KEY ids would vanish
 
 
 def test_tokenizer_files_are_checked(tmp_path: Path) -> None:

@@ -202,3 +202,35 @@ def test_voice_state_features_reject_bad_arguments(overrides: dict, message: str
     d_model = kwargs.pop("d_model")
     with pytest.raises(ValueError, match=f"VoiceStateFeatures: {message}"):
         VoiceStateFeatures(d_model, **kwargs)
+
+
+def test_a_key_token_moves_no_clock_holds_no_voice_and_starts_no_bar() -> None:
+    plain, keyed = MusicTokenizer(), MusicTokenizer(key_tokens=True)
+    piece = [
+        NoteEvent(72, 1, 0.0, 1.0, key=3), NoteEvent(48, 2, 0.0, 3.0), NoteEvent(74, 1, 1.0, 1.0),
+        NoteEvent(76, 1, 4.0, 2.0, bar=1), NoteEvent(50, 2, 4.0, 2.0, bar=1),
+    ]  # fmt: skip
+    a, b = plain.encode(piece), keyed.encode(piece)
+    assert b[1] in keyed.key_ids and [b[0], *b[2:]] == a  # the same stream, the key inserted
+    for tok in (plain, keyed):
+        assert len(tok.time_values()) == len(tok.duration_values()) == len(tok.vocab)
+    bars, voices = [], []
+    for tok, ids in ((plain, a), (keyed, b)):
+        bar = BarPositionFeatures(
+            8, time_values=tok.time_values(), bar_id=tok.bar_id, start_id=tok.start_id,
+            resolution=tok.grid, max_steps=32,
+        )  # fmt: skip
+        state = VoiceStateFeatures(
+            8, time_values=tok.time_values(), duration_values=tok.duration_values(),
+            voice_ids=list(tok.voice_ids), start_id=tok.start_id, resolution=tok.grid,
+            max_steps=32,
+        )  # fmt: skip
+        row = torch.tensor([ids])
+        bars.append(bar.bar_positions(row)[0].tolist())
+        voices.append(state.voice_states(row)[0].tolist())
+        assert FeatureSum([bar, state])(row, torch.arange(len(ids))).shape == (1, len(ids), 8)
+    # The key token reads as the <START> before it; every later token as without the key.
+    assert bars[1][1] == bars[1][0] and [bars[1][0], *bars[1][2:]] == bars[0]
+    assert voices[1][1] == voices[1][0] and [voices[1][0], *voices[1][2:]] == voices[0]
+    at = a.index(plain.bar_id)  # before the last TIME of bar 0 the clock is at 1.0; then reset
+    assert (bars[0][at - 1], bars[0][at + 1]) == (round(1.0 / plain.grid), 0)

@@ -19,6 +19,7 @@ from transformer_kit.tokenization.events import Piece
 TOK = MusicTokenizer()
 TWO = MusicTokenizer(min_pitch=55, max_pitch=79, voices=2, durations=(0.5, 1.0, 2.0),
                      time_steps=(0.0, 0.5, 1.0, 2.0))  # fmt: skip
+KEYED = MusicTokenizer(key_tokens=True)  # TOK's ids, then <KEY:-6>..<KEY:5>
 
 
 def _note(tok: MusicTokenizer, pitch: int, voice: int, duration: float, step: float) -> list[int]:
@@ -209,14 +210,13 @@ def _silent_points(piece: Piece, voices: int, grid: float) -> list[tuple[float, 
     seed=st.integers(0, 2**31 - 1),
     scale=st.sampled_from([1.0, 20.0]),
     fill=st.booleans(),
-    two=st.booleans(),
+    tok=st.sampled_from([TOK, TWO, KEYED]),
     min_notes=st.sampled_from([0, 6]),
     max_notes=st.sampled_from([None, 6, 9]),
 )
 def test_generation_under_voice_leading_keeps_its_promises(
-    seed: int, scale: float, fill: bool, two: bool, min_notes: int, max_notes: int | None
+    seed: int, scale: float, fill: bool, tok: MusicTokenizer, min_notes: int, max_notes: int | None
 ) -> None:
-    tok = TWO if two else TOK
     model = tiny_music_gpt(tok, seed=seed, block_size=96, scale=scale)
     rule = VoiceLeading(tok, fill=fill, min_notes=min_notes, max_notes=max_notes)
     free_rule = VoiceLeading(tok, fill=fill, min_notes=min_notes)  # the same without max_notes
@@ -236,6 +236,7 @@ def test_generation_under_voice_leading_keeps_its_promises(
     for row in out.tolist():
         piece = tok.decode(row)  # raises if the stream broke the grammar
         assert _overlaps(piece) == 0
+        assert (row[1] in tok.key_ids) == tok.key_tokens  # the key comes first, when there is one
         if tok.end_id in row:
             assert len(piece) >= min_notes
         if max_notes is not None:  # past max_notes the piece ends at its first chance
@@ -313,6 +314,29 @@ def test_remembered_prefixes_answer_as_a_fresh_scan_does(rows: list[list[int]], 
                 assert rule(prefix) == fresh(prefix)
                 assert rule._scan(prefix) == fresh._scan(prefix)
     assert set(steps) == {1}  # every prefix was one token past a remembered one
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    choices=st.lists(st.integers(0, 10**6), max_size=80),
+    key=st.integers(-7, 7),
+    fill=st.booleans(),
+    min_notes=st.sampled_from([0, 3]),
+    max_notes=st.sampled_from([None, 4]),
+)
+def test_a_key_token_changes_nothing_but_what_follows_start(
+    choices: list[int], key: int, fill: bool, min_notes: int, max_notes: int | None
+) -> None:
+    # KEYED has TOK's ids plus the KEY group, so a stream of TOK with the key inserted after
+    # <START> is a stream of KEYED; the rules must answer alike at every later prefix (the KEY
+    # token is no note: min_notes, max_notes and fill count as without it).
+    plain = VoiceLeading(TOK, fill=fill, min_notes=min_notes, max_notes=max_notes)
+    keyed = VoiceLeading(KEYED, fill=fill, min_notes=min_notes, max_notes=max_notes)
+    assert keyed([KEYED.start_id]) == list(KEYED.key_ids)
+    stream = _walk(TOK, choices)
+    for k in range(1, len(stream) + 1):
+        prefix = stream[:k]
+        assert keyed([prefix[0], KEYED.key_id(key), *prefix[1:]]) == plain(prefix), prefix
 
 
 def test_remembers_a_bounded_number_of_prefixes() -> None:

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PitchShift", "RhythmScale"]
 
+_KEYS = 12  # KEY tokens: key signatures -6..5 sharps, as MusicTokenizer(key_tokens=True) has
+_SHARPS_PER_SEMITONE = 7  # a semitone up is 7 fifths up, each fifth one more sharp
+
 
 @dataclass(frozen=True, slots=True)
 class PitchShift:
@@ -26,6 +29,11 @@ class PitchShift:
     inputs and of the targets (the same k for both, as the targets are the inputs one step on).
     A row where some NOTE would leave ``note_ids`` is returned unchanged, so no pitch is ever
     clipped or wrapped. NOTE ids must be chromatic, one semitone apart (`MusicTokenizer.note_ids`).
+
+    With ``key_ids`` (`MusicTokenizer.key_ids` of a tokenizer with `key_tokens`: 12 ids,
+    ``<KEY:-6>`` first) the key signature moves too: k semitones up add 7k sharps, modulo 12
+    (the KEY tokens' enharmonic spelling), so ``<KEY:0>`` (C) up 1 is ``<KEY:-5>`` (Db). A row
+    that is left unchanged keeps its key.
 
     Example:
         >>> shift = PitchShift([2], note_ids=range(5, 55))  # row 2 would leave the range
@@ -39,6 +47,7 @@ class PitchShift:
     semitones: Sequence[int]
     _: KW_ONLY
     note_ids: range
+    key_ids: range = range(0)
 
     def __post_init__(self) -> None:
         if isinstance(self.semitones, str | bytes) or not isinstance(self.semitones, Sequence):
@@ -57,6 +66,15 @@ class PitchShift:
                 f"PitchShift: note_ids must be a non-empty range of ids >= 0 with step 1 "
                 f"(MusicTokenizer.note_ids), got {ids!r}"
             )
+        keys = self.key_ids
+        twelve = isinstance(keys, range) and keys.step == 1 and len(keys) == _KEYS
+        if not (isinstance(keys, range) and (not keys or (twelve and keys.start >= 0))):
+            raise ValueError(
+                f"PitchShift: key_ids must be an empty range or a range of {_KEYS} ids >= 0 with "
+                f"step 1 (MusicTokenizer.key_ids), got {keys!r}"
+            )
+        if keys and (keys.start < ids.stop and ids.start < keys.stop):
+            raise ValueError(f"PitchShift: key_ids {keys!r} must not overlap note_ids {ids!r}")
         object.__setattr__(self, "semitones", semitones)
 
     def __call__(
@@ -76,10 +94,21 @@ class PitchShift:
             fits &= (~is_note | ((moved >= low) & (moved < high))).all(dim=1)
         shift = torch.where(fits, shift, torch.zeros_like(shift))[:, None]  # (B, 1)
         new_inputs, new_targets = (
-            torch.where((ids >= low) & (ids < high), ids + shift.to(ids.dtype), ids)
-            for ids in (inputs, targets)
+            self._move(ids, shift.to(ids.dtype)) for ids in (inputs, targets)
         )
         return new_inputs, new_targets
+
+    def _move(self, ids: Tensor, shift: Tensor) -> Tensor:
+        """Move the NOTE ids of ``ids`` (B, T) by ``shift`` (B, 1) semitones, the KEY ids along."""
+        low, high = self.note_ids.start, self.note_ids.stop
+        moved = torch.where((ids >= low) & (ids < high), ids + shift, ids)
+        if not self.key_ids:
+            return moved
+        first = self.key_ids.start
+        is_key = (ids >= first) & (ids < first + _KEYS)  # (B, T)
+        # Sharps count modulo 12 (12 fifths are 7 octaves), as the KEY tokens spell them.
+        key = first + torch.remainder(ids - first + _SHARPS_PER_SEMITONE * shift, _KEYS)
+        return torch.where(is_key, key, moved)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 Each note is four tokens `<NOTE:x> <VOICE:v> <DUR:d> <TIME:+t>`, where t is the time to the next
 event; `<BAR>` marks a new bar, `<REST> <TIME:+t>` advances time without a note.
 `allowed_next` is the grammar as a sampling constraint (`generate(..., allowed_next=...)`).
+With `key_tokens=True` a `<KEY:k>` token (the key signature) follows `<START>`.
     >>> tok = MusicTokenizer()
     >>> [tok.vocab.id_to_token(i) for i in tok.encode([NoteEvent(60, 1, 0.0, 1.0)])]
     ['<START>', '<NOTE:C4>', '<VOICE:1>', '<DUR:1.0>', '<TIME:+0.0>', '<END>']
@@ -51,11 +52,14 @@ _MARGIN = 2
 _FORMAT = 1
 """Version of the dictionary written by `MusicTokenizer.to_dict`, shared with text tokenizers."""
 
+_KEYS = 12
+"""KEY tokens: key signatures up to enharmonic spelling, -6..5 sharps (negative: flats)."""
+
 # Token kinds: what the grammar sees of a token. TIME splits into +0 (a chord goes on) and > 0.
-_PAD, _START, _END, _BAR, _REST, _NOTE, _VOICE, _DUR, _TIME0, _TIME = range(10)
+_PAD, _START, _END, _BAR, _REST, _NOTE, _VOICE, _DUR, _TIME0, _TIME, _KEY = range(11)
 _KIND_NAMES = (
     "<PAD>", "<START>", "<END>", "<BAR>", "<REST>", "<NOTE:*>", "<VOICE:*>", "<DUR:*>",
-    "<TIME:+0.0>", "<TIME:+t> with t > 0",
+    "<TIME:+0.0>", "<TIME:+t> with t > 0", "<KEY:*>",
 )  # fmt: skip
 
 # Grammar states: where the stream is after its last non-pad token.
@@ -73,7 +77,8 @@ _KIND_NAMES = (
     _S_WAIT,  # after the <TIME> of a rest that follows a note
     _S_BAR,  # after <BAR>
     _S_END,  # after <END>
-) = range(13)
+    _S_OPEN,  # after <START> when a <KEY> must follow (key_tokens=True)
+) = range(14)
 
 _TRANSITIONS: dict[tuple[int, int], int] = {
     (_S_BEGIN, _START): _S_START,
@@ -105,6 +110,12 @@ A bar line only follows time that moved (never inside a chord, never before the 
 the piece ends right after a chord's last note, so each piece has one spelling up to how gaps are
 split into steps and the order of a chord's notes."""
 
+_KEY_TRANSITIONS: dict[tuple[int, int], int] = {
+    (_S_BEGIN, _START): _S_OPEN,
+    (_S_OPEN, _KEY): _S_START,
+}
+"""What `key_tokens=True` changes: `<START>` must be followed by one `<KEY>`, and only there."""
+
 # Kinds after which the state is known from the token alone; TIME and REST need context.
 _STATE_AFTER_KIND = {
     _START: _S_START,
@@ -113,6 +124,7 @@ _STATE_AFTER_KIND = {
     _DUR: _S_DUR,
     _BAR: _S_BAR,
     _END: _S_END,
+    _KEY: _S_START,
 }
 
 
@@ -132,6 +144,12 @@ class MusicTokenizer:
     runs a clock from 0: a note starts at the clock, each TIME advances it, and a note's bar is
     the number of `<BAR>`s before it.
 
+    With `key_tokens=True` the vocabulary ends with a group "key", `<KEY:-6>`..`<KEY:5>`: the
+    key signature in sharps (negative: flats) up to enharmonic spelling, ((k + 6) mod 12) - 6,
+    so 7 sharps (C#) is `<KEY:-5>` (Db) and 6 flats or 6 sharps are `<KEY:-6>`. The stream then
+    opens `<START> <KEY:k>` with the key of the piece's first event, the grammar allows a KEY
+    token there and nowhere else, and `decode` gives every event that key (0 without one).
+
     Args:
         min_pitch: lowest MIDI pitch with a NOTE token; the default is the chorale corpus's
             lowest (36, C2) minus 2 semitones.
@@ -140,6 +158,8 @@ class MusicTokenizer:
         durations: DUR values in quarter notes, > 0, strictly increasing.
         time_steps: TIME values in quarter notes, strictly increasing, starting with 0.0; each a
             whole multiple of the smallest nonzero one, which is the onset grid.
+        key_tokens: add the KEY group and open every piece with its key signature, so that a
+            model draws a key first and writes every note in it.
 
     Raises:
         ValueError: on an argument outside what is allowed, naming it and its value.
@@ -165,6 +185,7 @@ class MusicTokenizer:
         voices: int = 4,
         durations: Sequence[float] = DEFAULT_DURATIONS,
         time_steps: Sequence[float] = DEFAULT_TIME_STEPS,
+        key_tokens: bool = False,
     ) -> None:
         for name, value in (("min_pitch", min_pitch), ("max_pitch", max_pitch)):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 127:
@@ -177,6 +198,8 @@ class MusicTokenizer:
             )
         if isinstance(voices, bool) or not isinstance(voices, int) or voices < 1:
             raise ValueError(f"MusicTokenizer: voices must be an int >= 1, got {voices!r}")
+        if not isinstance(key_tokens, bool):
+            raise ValueError(f"MusicTokenizer: key_tokens must be a bool, got {key_tokens!r}")
         self._durations = _increasing(durations, "durations", first_zero=False)
         self._time_steps = _increasing(time_steps, "time_steps", first_zero=True)
         grid = self._time_steps[1]
@@ -188,16 +211,17 @@ class MusicTokenizer:
                     f"nonzero step {grid!r}, got {t!r} in {list(self._time_steps)!r}"
                 )
         self._min_pitch, self._max_pitch = min_pitch, max_pitch
-        self._voices, self._grid = voices, grid
-        self._vocab = Vocabulary(
-            {
-                "note": [f"<NOTE:{pitch_name(p)}>" for p in range(min_pitch, max_pitch + 1)],
-                "voice": [f"<VOICE:{v}>" for v in range(1, voices + 1)],
-                "dur": [f"<DUR:{d!r}>" for d in self._durations],
-                "time": [f"<TIME:+{t!r}>" for t in self._time_steps],
-            },
-            specials=MUSIC_SPECIALS,
-        )
+        self._voices, self._grid, self._key_tokens = voices, grid, key_tokens
+        groups = {
+            "note": [f"<NOTE:{pitch_name(p)}>" for p in range(min_pitch, max_pitch + 1)],
+            "voice": [f"<VOICE:{v}>" for v in range(1, voices + 1)],
+            "dur": [f"<DUR:{d!r}>" for d in self._durations],
+            "time": [f"<TIME:+{t!r}>" for t in self._time_steps],
+        }
+        if key_tokens:  # last, so every other id is the same with and without it
+            groups["key"] = [f"<KEY:{k}>" for k in range(-_KEYS // 2, _KEYS // 2)]
+        self._vocab = Vocabulary(groups, specials=MUSIC_SPECIALS)
+        self._transitions = {**_TRANSITIONS, **_KEY_TRANSITIONS} if key_tokens else _TRANSITIONS
         self._build_tables()
 
     def _build_tables(self) -> None:
@@ -207,12 +231,14 @@ class MusicTokenizer:
         kinds += [_NOTE] * len(self.note_ids) + [_VOICE] * len(self.voice_ids)
         kinds += [_DUR] * len(self.dur_ids)
         kinds += [_TIME0 if units == 0 else _TIME for units in self._units]
+        kinds += [_KEY] * len(self.key_ids)
         self._kinds = kinds
-        self._time_units = [0] * (size - len(self._units)) + self._units
+        self._time_units = [0] * self.time_ids.start + self._units + [0] * len(self.key_ids)
         self._state_after = [_STATE_AFTER_KIND.get(kind, -1) for kind in kinds]
-        n_states = 1 + max(_TRANSITIONS.values())
+        self._state_after[self.start_id] = self._transitions[(_S_BEGIN, _START)]
+        n_states = 1 + max(self._transitions.values())
         self._allowed = [
-            [i for i in range(size) if (state, kinds[i]) in _TRANSITIONS]
+            [i for i in range(size) if (state, kinds[i]) in self._transitions]
             for state in range(n_states)
         ]
 
@@ -274,6 +300,18 @@ class MusicTokenizer:
         return self._vocab.group_ids("time")
 
     @property
+    def key_ids(self) -> range:
+        """Ids of the KEY tokens, `<KEY:-6>` first; an empty range without `key_tokens`."""
+        if not self._key_tokens:
+            return range(len(self._vocab), len(self._vocab))
+        return self._vocab.group_ids("key")
+
+    @property
+    def key_tokens(self) -> bool:
+        """Whether each piece opens with a KEY token (the constructor's `key_tokens`)."""
+        return self._key_tokens
+
+    @property
     def min_pitch(self) -> int:
         """Lowest MIDI pitch with a NOTE token."""
         return self._min_pitch
@@ -329,9 +367,26 @@ class MusicTokenizer:
             )
         return self._min_pitch + i - ids.start
 
+    def key_id(self, key: int) -> int:
+        """Return the id of the KEY token of key signature `key` (sharps, -7..7) up to spelling.
+
+        The token is `<KEY:c>` with c = ((key + 6) mod 12) - 6, the same key signature spelt
+        with at most 6 flats or 5 sharps: 7 sharps (C# major) is `<KEY:-5>` (Db major).
+
+        Raises:
+            ValueError: if the tokenizer has no KEY tokens or `key` is not an int in [-7, 7].
+        """
+        if not self._key_tokens:
+            raise ValueError("MusicTokenizer.key_id: this tokenizer has no KEY tokens")
+        if isinstance(key, bool) or not isinstance(key, int) or not -7 <= key <= 7:
+            raise ValueError(f"MusicTokenizer.key_id: key must be an int in [-7, 7], got {key!r}")
+        return self.key_ids.start + _canonical_key(key) + _KEYS // 2
+
     def time_values(self) -> list[float]:
         """Per id, the time the token advances the clock: its value for TIME ids, else 0.0."""
-        return [0.0] * self.time_ids.start + list(self._time_steps)
+        values = [0.0] * len(self._vocab)
+        values[self.time_ids.start : self.time_ids.stop] = self._time_steps
+        return values
 
     def duration_values(self) -> list[float]:
         """Per id, the duration a DUR token gives its note, in quarter lengths; else 0.0."""
@@ -345,7 +400,9 @@ class MusicTokenizer:
         """Return exactly what the token stream can represent of `events`.
 
         Onsets snap to the nearest multiple of `grid` (halves round up), durations to the
-        nearest DUR value (ties to the shorter), keys become 0 (the stream has none). Bars are
+        nearest DUR value (ties to the shorter). Keys become 0, or with `key_tokens` the
+        canonical spelling of the first event's key (a piece has one KEY token, so a later key
+        change is not kept; see the class docstring). Bars are
         made to fit the stream: the bar at an onset is the largest bar of any event at or before
         it, minus that of the first onset, so the first event is in bar 0, bars never go back,
         and a chord lies in one bar. The result is in `sort_events` order; `quantize` is
@@ -374,16 +431,17 @@ class MusicTokenizer:
                     f"tokenizer has voices 1..{self._voices}"
                 )
             units = math.floor(e.onset / self._grid + 0.5)
-            rows.append((units, e.voice, e.pitch, self._snap_duration(e.duration), e.bar))
+            rows.append((units, e.voice, e.pitch, self._snap_duration(e.duration), e.bar, e.key))
         rows.sort(key=lambda row: row[:3])  # stable, so equal keys keep their order
         bars: dict[int, int] = {}  # onset (grid units) -> bar, filled in onset order
         running = 0
-        for units, *_, bar in rows:
+        for units, *_, bar, _ in rows:
             running = bars[units] = max(running, bar)
         first = bars[rows[0][0]] if rows else 0
+        key = _canonical_key(rows[0][-1]) if rows and self._key_tokens else 0
         return [
-            NoteEvent(pitch, voice, units * self._grid, duration, bars[units] - first)
-            for units, voice, pitch, duration, _ in rows
+            NoteEvent(pitch, voice, units * self._grid, duration, bars[units] - first, key)
+            for units, voice, pitch, duration, *_ in rows
         ]
 
     def encode(
@@ -391,12 +449,17 @@ class MusicTokenizer:
     ) -> list[int]:
         """Map the events to ids: the stream of `quantize(events)` (see the class docstring).
 
+        With `key_tokens`, `add_start` also writes the piece's KEY token right after `<START>`
+        (`<KEY:0>` for no events); a window body (`add_start=False`) has none.
+
         Raises:
             TypeError, ValueError: as `quantize`.
         """
         piece = self.quantize(events)
         time0 = self.time_ids.start
         ids = [self.start_id] if add_start else []
+        if add_start and self._key_tokens:
+            ids.append(self.key_id(piece[0].key if piece else 0))
         onsets = [round(e.onset / self._grid) for e in piece]
         if onsets and onsets[0] > 0:
             for step in self._split(onsets[0]):
@@ -419,8 +482,9 @@ class MusicTokenizer:
         """Map ids back to events, in `sort_events` order; stops at `<END>`.
 
         `<PAD>` is skipped anywhere, a leading `<START>` is optional, and an unfinished note or
-        rest at the very end (a cut-off generation) is dropped. Every piece decodes to a fixed
-        point of `quantize`: `quantize(decode(ids)) == decode(ids)`.
+        rest at the very end (a cut-off generation) is dropped. Every event gets the key of the
+        `<KEY>` token (its canonical count of sharps), 0 when there is none. Every piece decodes
+        to a fixed point of `quantize`: `quantize(decode(ids)) == decode(ids)`.
 
         Raises:
             ValueError: on a token the grammar does not allow where it stands, naming its
@@ -431,15 +495,15 @@ class MusicTokenizer:
         tokens = tolist() if callable(tolist) else [operator.index(i) for i in ids]
         events: list[NoteEvent] = []
         state, clock, bars, previous = _S_BEGIN, 0, 0, "the beginning"
-        pitch = voice = 0
+        pitch = voice = key = 0
         duration = 0.0
         for position, i in enumerate(tokens):
             kind = self._kind(i, position)
             if kind == _PAD:
                 continue
             if state == _S_BEGIN and kind != _START:
-                state = _S_START  # a stream may start without <START>
-            following = _TRANSITIONS.get((state, kind))
+                state = _S_OPEN if kind == _KEY else _S_START  # a stream may start without <START>
+            following = self._transitions.get((state, kind))
             if following is None:
                 expected = sorted({_KIND_NAMES[self._kinds[a]] for a in self._allowed[state]})
                 raise ValueError(
@@ -454,10 +518,12 @@ class MusicTokenizer:
                 duration = self._durations[i - self.dur_ids.start]
             elif kind in (_TIME0, _TIME):
                 if state == _S_DUR:
-                    events.append(NoteEvent(pitch, voice, clock * self._grid, duration, bars))
+                    events.append(NoteEvent(pitch, voice, clock * self._grid, duration, bars, key))
                 clock += self._time_units[i]
             elif kind == _BAR:
                 bars += 1
+            elif kind == _KEY:
+                key = i - self.key_ids.start - _KEYS // 2
             elif kind == _END:
                 break
             state, previous = following, self._vocab.tokens[i]
@@ -501,9 +567,12 @@ class MusicTokenizer:
         """Whether the `<REST>` at `ids[j]` is part of the silence before the first note."""
         while True:
             k, token = self._last(ids, j - 1)
-            if k < 0 or token == self.start_id:
+            if k < 0:
                 return True
-            if self._kind(token, k, ValueError) not in (_TIME0, _TIME):
+            kind = self._kind(token, k, ValueError)
+            if kind in (_START, _KEY):
+                return True
+            if kind not in (_TIME0, _TIME):
                 return False
             j, token = self._last(ids, k - 1)
             if token != self.rest_id:
@@ -562,18 +631,25 @@ class MusicTokenizer:
     # -- serialisation --------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Return `{"kind": "music", "format": 1, "vocab": ..., "config": {...}}`, JSON-ready."""
+        """Return `{"kind": "music", "format": 1, "vocab": ..., "config": {...}}`, JSON-ready.
+
+        The config holds "key_tokens" only when it is True, so a tokenizer without KEY tokens
+        writes exactly what it wrote before the option existed.
+        """
+        config: dict[str, Any] = {
+            "min_pitch": self._min_pitch,
+            "max_pitch": self._max_pitch,
+            "voices": self._voices,
+            "durations": list(self._durations),
+            "time_steps": list(self._time_steps),
+        }
+        if self._key_tokens:
+            config["key_tokens"] = True
         return {
             "kind": self.kind,
             "format": _FORMAT,
             "vocab": self._vocab.to_dict(),
-            "config": {
-                "min_pitch": self._min_pitch,
-                "max_pitch": self._max_pitch,
-                "voices": self._voices,
-                "durations": list(self._durations),
-                "time_steps": list(self._time_steps),
-            },
+            "config": config,
         }
 
     @classmethod
@@ -597,10 +673,14 @@ class MusicTokenizer:
             )
         config = d.get("config")
         keys = {"min_pitch", "max_pitch", "voices", "durations", "time_steps"}
-        if not isinstance(config, Mapping) or set(config) != keys or "vocab" not in d:
+        if (
+            not isinstance(config, Mapping)
+            or set(config) - {"key_tokens"} != keys
+            or "vocab" not in d
+        ):
             raise ValueError(
                 f"MusicTokenizer.from_dict: needs 'vocab' and a 'config' with keys "
-                f"{sorted(keys)}, got {d!r:.200}"
+                f"{sorted(keys)} (and optionally 'key_tokens'), got {d!r:.200}"
             )
         tok = cls(**config)
         stored = Vocabulary.from_dict(d["vocab"])
@@ -638,8 +718,18 @@ class MusicTokenizer:
     def __repr__(self) -> str:
         return (
             f"MusicTokenizer(vocab_size={len(self._vocab)}, pitches={self._min_pitch}.."
-            f"{self._max_pitch}, voices={self._voices}, grid={self._grid!r})"
+            f"{self._max_pitch}, voices={self._voices}, grid={self._grid!r}"
+            f"{', key_tokens=True' if self._key_tokens else ''})"
         )
+
+
+def _canonical_key(key: int) -> int:
+    """A key signature in sharps up to enharmonic spelling: ((key + 6) mod 12) - 6, in -6..5.
+
+    A fifth up adds a sharp, and 12 fifths are 7 octaves, so sharps count modulo 12; -6 (Gb,
+    6 flats) stands for F# (6 sharps) too, the spelling the chorales' keys (-4..4) never need.
+    """
+    return (key + _KEYS // 2) % _KEYS - _KEYS // 2
 
 
 def _increasing(values: Sequence[float], name: str, *, first_zero: bool) -> tuple[float, ...]:

@@ -76,10 +76,11 @@ def load_splits(
     return splits
 
 
-def fit_tokenizer(pieces: Sequence[Piece]) -> MusicTokenizer:
+def fit_tokenizer(pieces: Sequence[Piece], *, key_tokens: bool = False) -> MusicTokenizer:
     """A `MusicTokenizer` whose pitches cover `pieces` and 2 semitones more, and their voices.
 
-    (`MusicTokenizer()`'s defaults cover the chorales already.)
+    (`MusicTokenizer()`'s defaults cover the chorales already.) `key_tokens` goes to the
+    tokenizer: each piece then opens with its key signature.
 
     Raises:
         ValueError: if `pieces` holds no note.
@@ -92,6 +93,7 @@ def fit_tokenizer(pieces: Sequence[Piece]) -> MusicTokenizer:
         min_pitch=max(0, low - _PITCH_MARGIN),
         max_pitch=min(127, high + _PITCH_MARGIN),
         voices=max(e.voice for e in events),
+        key_tokens=key_tokens,
     )
 
 
@@ -205,8 +207,9 @@ def run_defaults(run_dir: Path, *, evaluate: bool = False) -> dict[str, Any]:
     unless a flag given says otherwise; `Trainer.resume` then refuses a flag that changes what a
     step is (the batch size, the learning rate; `trainer.RESUME_FIXED`). With `evaluate`: the
     `RUN_SHAPE` keys, `midi_dir` and `seed` (the data and its split, so that the held-out
-    pieces are the run's), while the sampler's settings are the command line's. Runs older
-    than `voice_features` get False. Empty when `run_dir` has no run.json.
+    pieces are the run's) and `key_token` (its tokenizer), while the sampler's settings are the
+    command line's. Runs older than `voice_features` or `key_token` get False for them. Empty
+    when `run_dir` has no run.json.
 
     Raises:
         ValueError: if run.json is not valid JSON or not an object.
@@ -221,9 +224,9 @@ def run_defaults(run_dir: Path, *, evaluate: bool = False) -> dict[str, Any]:
     if not isinstance(saved, dict):
         kind = type(saved).__name__
         raise ValueError(f"run_defaults: {path} must hold a JSON object, got {kind}")
-    saved = {"voice_features": False, **saved}
+    saved = {"voice_features": False, "key_token": False, **saved}
     if evaluate:
-        kept = (*RUN_SHAPE, "midi_dir", "seed")
+        kept = (*RUN_SHAPE, "key_token", "midi_dir", "seed")
         return {key: saved[key] for key in kept if key in saved}
     return {key: value for key, value in saved.items() if key not in _NOT_RESUMED}
 
@@ -243,7 +246,8 @@ def pitch_stages(
     doubles or halves every duration and time step where the tokenizer's grid has the result.
     `max_shift` and `heavy_from` widen and advance the last stage: 5 and 20 lowered the
     block-1,536 chorale model's test NLL from 0.443 to 0.415 (docs/results.md, "Wider pitch
-    shifts"). A row that a shift would take out of the tokenizer's range stays as it is.
+    shifts"). A row that a shift would take out of the tokenizer's range stays as it is. With
+    the tokenizer's `key_tokens`, a shift transposes the KEY token too.
 
     Raises:
         ValueError: if `max_shift` is not an int >= 1 or `heavy_from` not an int > 10.
@@ -255,9 +259,10 @@ def pitch_stages(
             f"pitch_stages: heavy_from must be an int > 10 (the light stage's start epoch), "
             f"got {heavy_from!r}"
         )
-    light = PitchShift((-1, 0, 1), note_ids=tokenizer.note_ids)
+    ids = {"note_ids": tokenizer.note_ids, "key_ids": tokenizer.key_ids}  # KEYs move along
+    light = PitchShift((-1, 0, 1), **ids)
     shifts = tuple(range(-max_shift, max_shift + 1))
-    heavy: Augmentation = PitchShift(shifts, note_ids=tokenizer.note_ids)
+    heavy: Augmentation = PitchShift(shifts, **ids)
     if rhythm:
         heavy = Compose([heavy, RhythmScale.for_tokenizer(tokenizer, factors=(0.5, 2.0))])
     return three_stage(light, heavy, heavy_from=heavy_from, seed=seed)
