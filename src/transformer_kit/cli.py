@@ -185,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default="\n")
     gen.add_argument("--max-new-tokens", type=int_in(1), default=300)
     gen.add_argument("--num-samples", type=int_in(1), default=1)
-    gen.add_argument("--temperature", type=real_in(0, math.inf, low_ok=True), default=0.8,
+    gen.add_argument("--temperature", type=real_in(0, low_ok=True), default=0.8,
                      help="0: greedy")  # fmt: skip
     gen.add_argument("--top-k", type=int_in(1), default=None)
     gen.add_argument("--top-p", type=real_in(0, 1, low_ok=False), default=None)

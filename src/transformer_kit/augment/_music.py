@@ -105,7 +105,7 @@ class PitchShift:
         if not self.key_ids:
             return moved
         first = self.key_ids.start
-        is_key = (ids >= first) & (ids < first + _KEYS)  # (B, T)
+        is_key = (ids >= first) & (ids < self.key_ids.stop)  # (B, T)
         # Sharps count modulo 12 (12 fifths are 7 octaves), as the KEY tokens spell them.
         key = first + torch.remainder(ids - first + _SHARPS_PER_SEMITONE * shift, _KEYS)
         return torch.where(is_key, key, moved)
