@@ -417,6 +417,8 @@ def test_steps_for_budget_leaves_the_model_alone_and_scales_with_the_budget():
     small = recipe.steps_for_budget(model, data, 2, 1e-6)
     large = recipe.steps_for_budget(model, data, 2, 60.0)
     assert small == 20 and large > 1000  # a tiny step takes well under 2.5 s
+    # fraction * minutes * 60 is inf in floats: capped, not an OverflowError from int(inf)
+    assert recipe.steps_for_budget(model, data, 2, 1e307) == 2**62
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

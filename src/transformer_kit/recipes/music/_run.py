@@ -51,6 +51,9 @@ __all__ = [
 RUN_SHAPE = ("n_layer", "n_head", "d_model", "d_ff", "block_size", "dropout", "voice_features")
 """The keywords of `music_gpt` that `load_run_model` reads from a run's run.json."""
 
+_MAX_STEPS = 2**62
+"""The most steps `steps_for_budget` returns: any budget beyond it runs out of time first."""
+
 _SPLITS = ("train", "val", "test")
 _NOT_RESUMED = ("out_dir", "cache_dir", "resume", "evaluate", "ensemble")
 _PITCH_MARGIN = 2  # semitones beyond a folder's range: room for +-2 pitch shifts
@@ -275,7 +278,8 @@ def steps_for_budget(
 
     Four AdamW steps run on a deep copy (the model and its optimizer stay untouched); the median
     of the last three sets the pace. The rest of the budget is left for evaluations and the
-    final samples. At least 20 steps.
+    final samples. At least 20 steps, at most 2**62 (a budget whose step count
+    overflows a float, 1e307 minutes say, gets that many).
 
     Raises:
         ValueError: if `minutes` is not a finite number > 0, `fraction` not in (0, 1], or
@@ -297,4 +301,4 @@ def steps_for_budget(
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
     per_step = sorted(times[1:])[1]
-    return max(20, int(fraction * minutes * 60 / per_step))
+    return max(20, int(min(fraction * minutes * 60 / per_step, _MAX_STEPS)))
