@@ -78,13 +78,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         raise SystemExit(f"--evaluate {args.evaluate}: no checkpoints/ in --out-dir {out}")
     try:  # --out-dir: not a file; another run only to --resume it or to --evaluate it
         check_run_folder(out, resume=args.resume or args.evaluate is not None)
-        out.mkdir(parents=True, exist_ok=True)
         pieces = recipe.load_splits(args.midi_dir, cache_dir=args.cache_dir, seed=args.seed)
         bounds = recipe.length_bounds(pieces["train"], args.min_notes, args.max_notes)
-    except (OSError, ValueError) as error:  # no such folder, too few pieces, bad --*-notes
-        raise SystemExit(str(error)) from error
-    tok = (recipe.fit_tokenizer(sum(pieces.values(), []), key_tokens=args.key_token)
-           if args.midi_dir else MusicTokenizer(key_tokens=args.key_token))  # fmt: skip
+        tok = (recipe.fit_tokenizer(sum(pieces.values(), []), key_tokens=args.key_token)
+               if args.midi_dir else MusicTokenizer(key_tokens=args.key_token))  # fmt: skip
+        torch.manual_seed(args.seed)
+        model = recipe.music_gpt(tok, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
+        out.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as error:  # no such folder, too few pieces, bad --*-notes,
+        raise SystemExit(str(error)) from error  # a --d-model that --n-head does not divide
     streams = {name: recipe.encode_pieces(tok, split) for name, split in pieces.items()}
     print({name: f"{len(pieces[name])} pieces, {len(s):,} tokens" for name, s in streams.items()})
     args.min_notes, max_notes = bounds  # default: 5th percentile; maxima drawn from the lengths
@@ -92,8 +94,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     evaluation = dict(streams=streams, holdout=pieces["val"] + pieces["test"], profile=profile,
         block_size=args.block_size, batch_size=args.batch_size, seed=args.seed,
         samples=args.final_samples, tokens=args.sample_tokens, sets=args.sample_sets)  # fmt: skip
-    torch.manual_seed(args.seed)
-    model = recipe.music_gpt(tok, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
     sampler = recipe.PieceSampler(  # what MusicalEarlyStopping and the final samples draw
         model, tok, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
         max_notes=max_notes, temperature=args.temperature, seed=args.seed,

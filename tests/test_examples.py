@@ -223,6 +223,15 @@ def test_train_text_refuses_too_small_a_corpus_naming_corpus_bytes_before_writin
     assert not out.exists()
 
 
+def test_bach_refuses_a_d_model_that_n_head_does_not_divide_before_writing(tmp_path):
+    _midi_folder(tmp_path / "midi")
+    out = tmp_path / "run"  # once a traceback from GPTConfig, after the folder was made
+    argv = ["--out-dir", str(out), "--midi-dir", str(tmp_path / "midi"), "--d-model", "250"]
+    with pytest.raises(SystemExit, match=r"d_model \(250\) must be divisible by n_head \(8\)"):
+        _example("bach.py").main(argv)
+    assert not out.exists()
+
+
 def _midi_folder(folder: Path, n: int = 24, *, keys: bool = False) -> None:
     """Four-voice pieces on a sixteenth grid, each with its own soprano tune (and key)."""
     from transformer_kit.data import write_midi
