@@ -45,6 +45,15 @@ NUMBERS = {  # flag: (type, default, help); seeds in int64: the samples take see
 }  # fmt: skip
 
 
+def key_choice(text: str) -> str | int:
+    """--key: model, corpus, or a key signature in sharps (negative: flats)."""
+    if text in ("model", "corpus"):
+        return text
+    if text.lstrip("-").isdigit() and -7 <= int(text) <= 7:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be model, corpus or an int in [-7, 7], got {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bach"))
@@ -57,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, text in (("--voice-features", "also feed how long each voice keeps sounding"),
                        ("--key-token", "open each piece with its key signature")):  # fmt: skip
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=False, help=text)
+    parser.add_argument("--key", type=key_choice, default="model", help="with --key-token, "
+                        "each sample's key: model (drawn by it), corpus (drawn from the "
+                        "training pieces' keys) or a key signature in sharps")  # fmt: skip
     parser.add_argument("--voices", choices=["fill", "mono", "grammar"], default="fill",
                         help="VoiceLeading (fill: all voices sound), or grammar")  # fmt: skip
     parser.add_argument("--evaluate", choices=["best", "last"], help="sample this checkpoint")
@@ -66,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume or args.evaluate:  # the run's own settings; flags given here win
         parser.set_defaults(**recipe.run_defaults(args.out_dir, evaluate=bool(args.evaluate)))
         args = parser.parse_args(argv)
+    if args.key != "model" and not args.key_token:
+        parser.error(f"--key {args.key}: only a --key-token model opens its pieces with a key")
     if args.ensemble and args.evaluate is None:
         parser.error("--ensemble needs --evaluate best|last: it only samples trained runs")
     return args
@@ -97,7 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     sampler = recipe.PieceSampler(  # what MusicalEarlyStopping and the final samples draw
         model, tok, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
         max_notes=max_notes, temperature=args.temperature, seed=args.seed,
-        eval_samples=args.eval_samples, eval_tokens=args.sample_tokens // 2)  # fmt: skip
+        eval_samples=args.eval_samples, eval_tokens=args.sample_tokens // 2,
+        keys=None if args.key == "model" else [p[0].key for p in pieces["train"] if p]
+        if args.key == "corpus" else args.key)  # fmt: skip
     if args.evaluate is not None:  # sample a trained checkpoint again, into its own folder
         try:
             runs = [out, *(args.ensemble or [])]

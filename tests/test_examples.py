@@ -177,6 +177,8 @@ SEED_RANGE = {"train_text.py": "[-2**63, 2**64 - 1]", "bach.py": "[-2**63, 2**63
         ("bach.py", "--max-notes", "-1", "an int >= 0"),
         ("bach.py", "--top-k", "0", "an int >= 1"),
         ("bach.py", "--block-size", "4097", "an int in [1, 4096]"),  # music_gpt's max_position
+        ("bach.py", "--key", "8", "model, corpus or an int in [-7, 7]"),
+        ("bach.py", "--key", "minor", "model, corpus or an int in [-7, 7]"),
     ],
 )
 def test_examples_refuse_a_bad_number_naming_the_flag_before_writing(
@@ -232,6 +234,17 @@ def test_bach_refuses_a_d_model_that_n_head_does_not_divide_before_writing(tmp_p
     assert not out.exists()
 
 
+def test_bach_refuses_a_key_for_a_model_without_key_tokens_before_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as refused:
+        _example("bach.py").main(["--out-dir", str(out), *FAST_FAIL["bach.py"], "--key", "-2"])
+    assert refused.value.code == 2
+    assert "--key -2: only a --key-token model opens its pieces with a key" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
 def _midi_folder(folder: Path, n: int = 24, *, keys: bool = False) -> None:
     """Four-voice pieces on a sixteenth grid, each with its own soprano tune (and key)."""
     from transformer_kit.data import write_midi
@@ -252,6 +265,7 @@ def _midi_folder(folder: Path, n: int = 24, *, keys: bool = False) -> None:
 @pytest.mark.slow
 def test_bach_example_with_key_token_samples_pieces_that_open_with_a_key(tmp_path):
     pytest.importorskip("music21")
+    from transformer_kit.data import read_midi
     from transformer_kit.recipes import music as recipe
     from transformer_kit.tokenization import MusicTokenizer
 
@@ -273,12 +287,16 @@ def test_bach_example_with_key_token_samples_pieces_that_open_with_a_key(tmp_pat
     for row in ids.tolist():  # the grammar drew a key first, and every note carries it
         assert row[1] in tok.key_ids
         assert {e.key for e in tok.decode(row)} <= {row[1] - tok.key_ids.start - 6}
-    # --evaluate (no --key-token given) rebuilds the keyed tokenizer from run.json.
+    # --evaluate (no --key-token given) rebuilds the keyed tokenizer from run.json, so that
+    # --key is allowed; every sample then opens in that key.
     evaluated = subprocess.run(
-        [sys.executable, script, "--out-dir", str(out), "--evaluate", "last"],
+        [sys.executable, script, "--out-dir", str(out), "--evaluate", "last", "--key", "-3"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
+    (folder,) = out.glob("eval_last_*-key-3")
+    samples = sorted((folder / "samples").glob("*.mid"))
+    assert samples and all({e.key for e in read_midi(path)} == {-3} for path in samples)
 
 
 @pytest.mark.slow

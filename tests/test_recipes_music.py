@@ -307,6 +307,48 @@ def test_piece_sampler_draws_each_samples_max_notes_from_the_lengths():
             recipe.PieceSampler(model, tok, max_notes=bad)  # type: ignore[arg-type]
 
 
+def test_piece_sampler_opens_each_sample_in_a_given_or_drawn_key():
+    tok = MusicTokenizer(key_tokens=True)
+    torch.manual_seed(1)
+    model = _NeverEnds(recipe.music_gpt(tok, **TINY).eval(), tok.end_id)
+    fixed = recipe.PieceSampler(model, tok, voices="mono", min_notes=2, keys=-3)
+    ids = fixed.ids(4, 30, seed=5)
+    assert ids.shape[1] <= 32 and (ids[:, 0] == tok.start_id).all()
+    assert (ids[:, 1] == tok.key_id(-3)).all() and fixed.rule_name == "mono2-key-3"
+    assert all(e.key == -3 for piece in fixed.pieces(4, 30, seed=5) for e in piece)
+    # Drawn per sample from a stream of its own: the drawn maxima stay what they were.
+    keys, lengths = (-2, 0, 4, 4), (3, 5, 8)
+    drawn = recipe.PieceSampler(
+        model, tok, voices="mono", min_notes=2, max_notes=lengths, keys=list(keys)
+    )
+    plain = recipe.PieceSampler(model, tok, voices="mono", min_notes=2, max_notes=lengths)
+    assert drawn.keys == keys and re.fullmatch(
+        r"mono2-len[0-9a-f]{6}-keys[0-9a-f]{6}", drawn.rule_name
+    )
+    for seed in (3, 4):
+        rows = drawn.ids(12, 60, seed=seed)
+        expected = np.random.default_rng([seed, 1]).choice(keys, size=12)
+        assert rows[:, 1].tolist() == [tok.key_id(int(k)) for k in expected]
+        assert len(set(expected.tolist())) > 1  # rows differ, so each drew its own
+        got = [len(p) for p in drawn.pieces(12, 60, seed=seed)]
+        assert got == [len(p) for p in plain.pieces(12, 60, seed=seed)]
+        assert torch.equal(rows, drawn.ids(12, 60, seed=seed))  # seeded
+    ids, _ = drawn.timed(20, seed=2)
+    assert ids.shape == (1, 22) and ids[0, 1].item() in {tok.key_id(k) for k in keys}
+    for bad, match in [
+        (8, "got 8"),
+        (-8, "got -8"),
+        ([], "got an empty sequence"),
+        ([1, True], "got True in it"),
+        ((0, 2.0), "got 2.0 in it"),
+        ("2", "got '2'"),
+    ]:
+        with pytest.raises(ValueError, match=r"keys must be None, an int in \[-7, 7\] .*" + match):
+            recipe.PieceSampler(model, tok, keys=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="keys needs a tokenizer with KEY tokens .*got keys=2"):
+        recipe.PieceSampler(model, MusicTokenizer(), keys=2)
+
+
 def test_length_bounds_are_the_pieces_percentile_and_lengths_unless_given():
     pieces = [[NoteEvent(60, 1, float(k), 1.0)] * n for k, n in enumerate(range(1, 101))]
     lengths = tuple(range(1, 101))  # each sample draws its maximum from these

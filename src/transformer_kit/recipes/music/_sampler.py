@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -51,13 +51,21 @@ class PieceSampler:
             whole sample, past the block_size it was trained on; "rolling" keeps each model to
             its own window, which predicts better but ends fewer pieces (docs/results.md,
             "Past the training window").
+        keys: with a tokenizer that has KEY tokens, the key signature (sharps, -7..7) each
+            sample opens in: None lets the model draw it, an int sets it for every sample, and
+            a sequence (the training pieces' keys, say) gives each sample one drawn from it
+            with the call's seed. A model trained on pitch-shifted pieces draws keys the
+            shifts spread over all twelve; drawing them from the pieces' own keys keeps the
+            samples in the keys of the corpus, which on the chorales scored no better than
+            the model's own draw (docs/results.md, "The corpus's keys").
 
     Raises:
         ValueError: if `voices` is not one of `Voices`, `slide` not one of `Slide`, a count
             is not a positive int, `temperature` not a finite number >= 0, `top_k` not None or
             an int >= 1, `min_notes` not an int >= 0 (`VoiceLeading`'s check;
             "grammar" ignores it), or `max_notes` is not None, an int >= max(1, min_notes) or
-            a non-empty sequence of ints >= 0.
+            a non-empty sequence of ints >= 0, or `keys` is given for a tokenizer without
+            KEY tokens or is not None, an int in [-7, 7] or a non-empty sequence of them.
     """
 
     def __init__(
@@ -74,6 +82,7 @@ class PieceSampler:
         eval_tokens: int = 600,
         seed: int = 0,
         slide: Slide = "recompute",
+        keys: int | Sequence[int] | None = None,
     ) -> None:
         if voices not in ("fill", "mono", "grammar"):
             raise ValueError(
@@ -89,6 +98,8 @@ class PieceSampler:
         _check_real("PieceSampler", "temperature", temperature, finite, lambda x: 0 <= x < math.inf)
         if top_k is not None:
             _check_int("PieceSampler", "top_k", top_k, 1, "None or an int >= 1")
+        self.keys: tuple[int, ...] | None = _opening_keys(keys, tokenizer)
+        """None (the model draws each key), or the key signatures each sample draws one from."""
         self.model, self.tokenizer = model, tokenizer
         self.voices, self.temperature, self.top_k = voices, temperature, top_k
         self.eval_samples, self.eval_tokens, self.seed = eval_samples, eval_tokens, seed
@@ -116,22 +127,37 @@ class PieceSampler:
             most = "-len" + hashlib.sha1(repr(drawn).encode()).hexdigest()[:6]
         else:
             most = "" if fixed is None else f"-{fixed}"
-        self.rule_name = "grammar" if voices == "grammar" else f"{voices}{min_notes}{most}"
+        keyed = ""
+        if self.keys is not None:
+            keyed = (
+                f"-key{self.keys[0]}"
+                if len(set(self.keys)) == 1
+                else "-keys" + hashlib.sha1(repr(self.keys).encode()).hexdigest()[:6]
+            )
+        rule_name = "grammar" if voices == "grammar" else f"{voices}{min_notes}{most}"
+        self.rule_name = rule_name + keyed
         """Names the constraint in folder names: grammar, fill145, fill145-373, fill145-len206302
-        (maxima drawn from the lengths whose hash is 206302: the chorales'), mono0, ..."""
+        (maxima drawn from the lengths whose hash is 206302: the chorales'), mono0, and with
+        `keys` a suffix: -key2 (every sample in 2 sharps), -keys1a2b3c (drawn from keys)."""
 
     def ids(self, n: int, tokens: int, *, seed: int, stop: bool = True) -> Tensor:
         """`n` rows of `<START>` and up to `tokens` more, (n, 1 + tokens'); `<END>` stops a row.
 
+        With `keys`, each row opens `<START> <KEY:k>` and `tokens` more follow, (n, 2 + tokens').
         With `stop=False` nothing ends a row, and drawn maxima are not drawn (`rule` applies).
         """
         tok = self.tokenizer
         rule = (
             self._drawn_rules(n, seed) if stop and isinstance(self.max_notes, tuple) else self.rule
         )
+        prompt = torch.full((n, 1), tok.start_id)
+        if self.keys is not None:  # a stream of its own, so the lengths drawn stay the same
+            drawn = np.random.default_rng([seed % 2**64, 1]).choice(np.array(self.keys), size=n)
+            opening = torch.tensor([[tok.key_id(int(key))] for key in drawn])
+            prompt = torch.cat([prompt, opening], dim=1)
         return generate(
             self.model,
-            torch.full((n, 1), tok.start_id),
+            prompt,
             tokens,
             temperature=self.temperature,
             top_k=self.top_k,
@@ -173,6 +199,32 @@ class PieceSampler:
         start = time.perf_counter()
         ids = self.ids(1, tokens, seed=seed, stop=False)
         return ids, time.perf_counter() - start
+
+
+def _opening_keys(keys: object, tokenizer: MusicTokenizer) -> tuple[int, ...] | None:
+    """`keys` as a tuple of key signatures, or None; see `PieceSampler`.
+
+    Raises:
+        ValueError: if `keys` is given for a tokenizer without KEY tokens, or is not None, an
+            int in [-7, 7] or a non-empty sequence of them.
+    """
+    if keys is None:
+        return None
+    if not tokenizer.key_tokens:
+        raise ValueError(
+            f"PieceSampler: keys needs a tokenizer with KEY tokens (key_tokens=True), got "
+            f"keys={keys!r:.60} for a tokenizer without them"
+        )
+    several = isinstance(keys, (Sequence, np.ndarray)) and not isinstance(keys, (str, bytes))
+    items: list[Any] = list(keys) if several else [keys]  # type: ignore[call-overload]
+    allowed = "None, an int in [-7, 7] (sharps; negative: flats) or a non-empty sequence of them"
+    bad = [
+        k for k in items if isinstance(k, bool) or not isinstance(k, Integral) or abs(int(k)) > 7
+    ]
+    if not items or bad:
+        found = "an empty sequence" if not items else f"{bad[0]!r}" + (" in it" if several else "")
+        raise ValueError(f"PieceSampler: keys must be {allowed}, got {found}")
+    return tuple(int(k) for k in items)
 
 
 def _drawn_lengths(max_notes: object) -> tuple[int, ...] | None:
