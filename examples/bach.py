@@ -49,7 +49,7 @@ def key_choice(text: str) -> str | int:
     """--key: model, corpus, or a key signature in sharps (negative: flats)."""
     if text in ("model", "corpus"):
         return text
-    if text.lstrip("-").isdigit() and -7 <= int(text) <= 7:
+    if text.removeprefix("-").isdigit() and -7 <= int(text) <= 7:
         return int(text)
     raise argparse.ArgumentTypeError(f"must be model, corpus or an int in [-7, 7], got {text!r}")
 

@@ -100,6 +100,9 @@ class PieceSampler:
             _check_int("PieceSampler", "top_k", top_k, 1, "None or an int >= 1")
         self.keys: tuple[int, ...] | None = _opening_keys(keys, tokenizer)
         """None (the model draws each key), or the key signatures each sample draws one from."""
+        self._key_ids = (
+            None if self.keys is None else np.array([tokenizer.key_id(k) for k in self.keys])
+        )
         self.model, self.tokenizer = model, tokenizer
         self.voices, self.temperature, self.top_k = voices, temperature, top_k
         self.eval_samples, self.eval_tokens, self.seed = eval_samples, eval_tokens, seed
@@ -151,10 +154,9 @@ class PieceSampler:
             self._drawn_rules(n, seed) if stop and isinstance(self.max_notes, tuple) else self.rule
         )
         prompt = torch.full((n, 1), tok.start_id)
-        if self.keys is not None:  # a stream of its own, so the lengths drawn stay the same
-            drawn = np.random.default_rng([seed % 2**64, 1]).choice(np.array(self.keys), size=n)
-            opening = torch.tensor([[tok.key_id(int(key))] for key in drawn])
-            prompt = torch.cat([prompt, opening], dim=1)
+        if self._key_ids is not None:  # a stream of its own, so the lengths drawn stay the same
+            drawn = np.random.default_rng([seed % 2**64, 1]).choice(self._key_ids, size=n)
+            prompt = torch.cat([prompt, torch.from_numpy(drawn).view(n, 1)], dim=1)
         return generate(
             self.model,
             prompt,
