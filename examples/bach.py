@@ -64,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints/last")
     parser.add_argument("--rhythm", action="store_true", help="also x2 / x0.5 rhythm, epoch 30+")
     for flag, text in (("--voice-features", "also feed how long each voice keeps sounding"),
-                       ("--key-token", "open each piece with its key signature")):  # fmt: skip
+                       ("--key-token", "open each piece with its key signature"),
+                       ("--fermata-token", "mark onsets with a fermata (phrase ends)"),
+                       ):  # fmt: skip
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=False, help=text)
     parser.add_argument("--key", type=key_choice, default="model", help="with --key-token, "
                         "each sample's key: model (drawn by it), corpus (drawn from the "
@@ -94,8 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         check_run_folder(out, resume=args.resume or args.evaluate is not None)
         pieces = recipe.load_splits(args.midi_dir, cache_dir=args.cache_dir, seed=args.seed)
         bounds = recipe.length_bounds(pieces["train"], args.min_notes, args.max_notes)
-        tok = (recipe.fit_tokenizer(sum(pieces.values(), []), key_tokens=args.key_token)
-               if args.midi_dir else MusicTokenizer(key_tokens=args.key_token))  # fmt: skip
+        marks = dict(key_tokens=args.key_token, fermata_tokens=args.fermata_token)
+        tok = (recipe.fit_tokenizer(sum(pieces.values(), []), **marks)
+               if args.midi_dir else MusicTokenizer(**marks))  # fmt: skip
         torch.manual_seed(args.seed)
         model = recipe.music_gpt(tok, **{k: getattr(args, k) for k in recipe.RUN_SHAPE})
         out.mkdir(parents=True, exist_ok=True)

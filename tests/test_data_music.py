@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from fractions import Fraction
 from itertools import pairwise
 
@@ -30,7 +31,7 @@ from transformer_kit.data import (
 from transformer_kit.tokenization.events import NoteEvent, sort_events
 
 INSTALL_HINT = r'pip install "transformer-kit\[music\]"'
-CACHE_FILE = "bach_chorales-v2.json"
+CACHE_FILE = "bach_chorales-v3.json"
 
 
 def _tune(pitches, *, voice=1):
@@ -271,9 +272,15 @@ def _note(m21, name, quarter_length=1.0, tie=None):
     return note
 
 
+def _held(m21, element):
+    element.expressions.append(m21.expressions.Fermata())
+    return element
+
+
 def _chorale(m21):
     """3/4, D major then F major: a pickup bar, a tie over a barline, a grace note, a triplet
-    and a chord in the alto."""
+    and a chord in the alto; fermatas on the alto's chord, the tie's second half and the last
+    soprano and bass notes."""
     n = _note
     third = Fraction(1, 3)
     voices = [
@@ -283,16 +290,18 @@ def _chorale(m21):
             _measure(
                 m21,
                 2,
-                n(m21, "F#5", 1, "stop"),
+                _held(m21, n(m21, "F#5", 1, "stop")),  # a fermata on a tie's later half
                 m21.note.Note("C#5").getGrace(),
                 *(n(m21, p, third) for p in ("A5", "B5", "C#6")),
-                n(m21, "A5"),
+                _held(m21, n(m21, "A5")),
                 key=-1,
             ),
         ],
         [
             _measure(m21, 0, n(m21, "A4"), key=2, meter="3/4"),
-            _measure(m21, 1, m21.chord.Chord(["A4", "C#5"], quarterLength=2), n(m21, "B4")),
+            _measure(
+                m21, 1, _held(m21, m21.chord.Chord(["A4", "C#5"], quarterLength=2)), n(m21, "B4")
+            ),
             _measure(m21, 2, n(m21, "A4", 3), key=-1),
         ],
         [
@@ -303,7 +312,7 @@ def _chorale(m21):
         [
             _measure(m21, 0, n(m21, "D3"), key=2, meter="3/4"),
             _measure(m21, 1, n(m21, "C#3", 3)),
-            _measure(m21, 2, n(m21, "D3", 3), key=-1),
+            _measure(m21, 2, _held(m21, n(m21, "D3", 3)), key=-1),
         ],
     ]
     score = m21.stream.Score()
@@ -319,14 +328,15 @@ CHORALE_EVENTS = sort_events(
     [
         NoteEvent(74, 1, 0.0, 1.0, 0, 2),
         NoteEvent(76, 1, 1.0, 1.0, 1, 2),
-        NoteEvent(78, 1, 2.0, 3.0, 1, 2),  # tied into bar 2: one event, bar and key of its start
+        NoteEvent(78, 1, 2.0, 3.0, 1, 2, True),  # tied into bar 2: one event, with the bar and
+        # key of its start and the fermata of its second half
         NoteEvent(81, 1, 5.0, 1 / 3, 2, -1),  # the grace note before it is dropped
         NoteEvent(83, 1, float(Fraction(16, 3)), 1 / 3, 2, -1),
         NoteEvent(85, 1, float(Fraction(17, 3)), 1 / 3, 2, -1),
-        NoteEvent(81, 1, 6.0, 1.0, 2, -1),
+        NoteEvent(81, 1, 6.0, 1.0, 2, -1, fermata=True),
         NoteEvent(69, 2, 0.0, 1.0, 0, 2),
-        NoteEvent(69, 2, 1.0, 2.0, 1, 2),  # the chord: one event per pitch
-        NoteEvent(73, 2, 1.0, 2.0, 1, 2),
+        NoteEvent(69, 2, 1.0, 2.0, 1, 2, True),  # the chord: one event per pitch, both held
+        NoteEvent(73, 2, 1.0, 2.0, 1, 2, True),
         NoteEvent(71, 2, 3.0, 1.0, 1, 2),
         NoteEvent(69, 2, 4.0, 3.0, 2, -1),
         NoteEvent(66, 3, 0.0, 1.0, 0, 2),
@@ -334,7 +344,7 @@ CHORALE_EVENTS = sort_events(
         NoteEvent(62, 3, 4.0, 3.0, 2, -1),
         NoteEvent(50, 4, 0.0, 1.0, 0, 2),
         NoteEvent(49, 4, 1.0, 3.0, 1, 2),
-        NoteEvent(50, 4, 4.0, 3.0, 2, -1),
+        NoteEvent(50, 4, 4.0, 3.0, 2, -1, fermata=True),
     ]
 )
 
@@ -366,15 +376,25 @@ def test_write_musicxml_is_read_back_by_music21_with_the_same_notes(tmp_path, su
     write_musicxml(CHORALE_EVENTS, path)
     assert path.read_bytes()[:2] == (b"PK" if suffix == ".mxl" else b"<?")
     score = m21.converter.parse(path, forceSource=True)
-    found = []
+    found, held = [], []
     for voice, part in enumerate(score.parts, start=1):  # music21's own reading, not ours
         for element in part.stripTies().flatten().notes:
             found += [
                 (p.midi, voice, element.offset, element.quarterLength) for p in element.pitches
             ]
+        for element in part.flatten().notes:  # as written: a tied note is split at the barline
+            if any(isinstance(x, m21.expressions.Fermata) for x in element.expressions):
+                held += [(p.midi, voice, _exact(element.offset)) for p in element.pitches]
     assert sorted((p, v, _exact(o), _exact(d)) for p, v, o, d in found) == sorted(
         (e.pitch, e.voice, _exact(e.onset), _exact(e.duration)) for e in CHORALE_EVENTS
     )
+    # One written fermata per held event, on a note of its pitch and voice within its span.
+    expected = [e for e in CHORALE_EVENTS if e.fermata]
+    assert len(held) == len(expected) == 5
+    for e in expected:
+        assert any(
+            (p, v) == (e.pitch, e.voice) and e.onset <= o < e.onset + e.duration for p, v, o in held
+        )
     assert read_music_folder(tmp_path, pattern=f"*{suffix}") == [CHORALE_EVENTS]
 
 
@@ -478,7 +498,8 @@ def _three_four_piece():
 def test_write_midi_then_read_midi_gives_the_same_events(tmp_path, piece):
     pytest.importorskip("music21")
     write_midi(piece, tmp_path / "a.mid", tempo_bpm=72)
-    assert read_midi(tmp_path / "a.mid") == piece
+    assert read_midi(tmp_path / "a.mid") == [replace(e, fermata=False) for e in piece]  # no
+    # fermatas in MIDI
 
 
 @st.composite
@@ -639,7 +660,8 @@ def test_bach_chorales_parses_four_part_files_and_reports_the_rest(fake_corpus, 
     assert sorted(len(v) for v in splits.values()) == [0, 0, 2]
     assert all(piece == CHORALE_EVENTS for pieces in splits.values() for piece in pieces)
     report = bach_chorales_report(tmp_path)
-    assert (report["files"], report["parsed"], report["cache_version"]) == (5, 2, 2)
+    assert (report["files"], report["parsed"], report["cache_version"]) == (5, 2, 3)
+    assert sum(e.fermata for e in splits["train"][0]) == 5  # kept in the cache
     assert report["skipped"] == [
         {
             "file": "bach/c-trio.musicxml",
@@ -680,6 +702,10 @@ def _edit_cache(path, edit):
             r"is unreadable \(NoteEvent: pitch must be an int in \[0, 127\], got 200\)",
         ),
         (
+            lambda p: _edit_cache(p, lambda c: c["pieces"][0]["events"][0].__setitem__(6, 1)),
+            r"is unreadable \(NoteEvent: fermata must be a bool, got 1\)",
+        ),
+        (
             lambda p: _edit_cache(p, lambda c: c["splits"]["train"].append(0)),
             "is unreadable .*do not cover every piece exactly once",
         ),
@@ -690,7 +716,16 @@ def _edit_cache(path, edit):
         (lambda p: p.write_text('{"format": "transformer_kit.bach'), "is unreadable"),
         (lambda p: p.write_bytes(b"\xff\xfe"), "is unreadable"),
     ],
-    ids=["old-version", "missing-key", "bad-event", "bad-split", "bad-group", "truncated", "utf16"],
+    ids=[
+        "old-version",
+        "missing-key",
+        "bad-event",
+        "bad-fermata",
+        "bad-split",
+        "bad-group",
+        "truncated",
+        "utf16",
+    ],
 )
 def test_bach_chorales_rebuilds_a_bad_cache_with_a_warning(
     fake_corpus, tmp_path, caplog, damage, warning
@@ -701,7 +736,7 @@ def test_bach_chorales_rebuilds_a_bad_cache_with_a_warning(
     assert bach_chorales(tmp_path) == first
     assert caplog.text.count("rebuilding it") == 1
     assert re.search(warning, caplog.text)
-    assert json.loads((tmp_path / CACHE_FILE).read_text())["version"] == 2
+    assert json.loads((tmp_path / CACHE_FILE).read_text())["version"] == 3
 
 
 def test_refresh_rebuilds_a_valid_cache(fake_corpus, tmp_path):
@@ -769,6 +804,10 @@ def test_bach_corpus_is_four_part_chorales_split_90_5_5(bach_cache, monkeypatch)
         assert {e.voice for e in piece} == {1, 2, 3, 4}
         assert piece == sort_events(piece) and piece[0].bar == 0
         assert all(a.bar <= b.bar for a, b in pairwise(piece))  # bars grow with time
+    # Fermatas close the phrases: all but a few chorales have them, about 6.5 onsets a piece.
+    pieces = [p for ps in splits.values() for p in ps]
+    held = [len({e.onset for e in p if e.fermata}) for p in pieces]
+    assert sum(n > 0 for n in held) >= 0.98 * len(pieces) and 5 < sum(held) / len(pieces) < 8
 
 
 @pytest.mark.slow

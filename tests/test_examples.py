@@ -275,13 +275,18 @@ def test_bach_example_with_key_token_samples_pieces_that_open_with_a_key(tmp_pat
     script = str(ROOT / "examples" / "bach.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(
-        [sys.executable, script, *args, "--key-token", "--max-steps", "4"],
+        [sys.executable, script, *args, "--key-token", "--fermata-token", "--max-steps", "4"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    assert json.loads((out / "run.json").read_text())["key_token"] is True
+    run = json.loads((out / "run.json").read_text())
+    assert run["key_token"] is True and run["fermata_token"] is True
     tok = MusicTokenizer.load(out / "tokenizer.json")
-    assert tok.key_tokens and json.loads((out / "results.json").read_text())["decodable"] == 1.0
+    assert (
+        tok.key_tokens
+        and tok.fermata_tokens
+        and json.loads((out / "results.json").read_text())["decodable"] == 1.0
+    )
     model, _ = recipe.load_run_model(out, "last")
     ids = recipe.PieceSampler(model, tok, min_notes=4).ids(3, 40, seed=0)
     for row in ids.tolist():  # the grammar drew a key first, and every note carries it

@@ -88,6 +88,9 @@ def test_fit_tokenizer_covers_the_pieces_and_two_semitones_more():
     assert not tok.key_tokens
     keyed = recipe.fit_tokenizer(pieces, key_tokens=True)
     assert keyed.key_tokens and keyed.vocab.tokens[: len(tok.vocab)] == tok.vocab.tokens
+    held = recipe.fit_tokenizer(pieces, key_tokens=True, fermata_tokens=True)
+    assert held.fermata_tokens and not keyed.fermata_tokens
+    assert held.vocab.tokens == (*keyed.vocab.tokens, "<FERMATA>")
 
 
 def test_encode_pieces_is_the_tokenizer_streams_back_to_back():
@@ -195,7 +198,7 @@ def test_run_defaults_resume_everything_but_the_command_and_evaluate_the_shape(t
     (tmp_path / "run.json").write_text(json.dumps(saved))
     resumed = recipe.run_defaults(tmp_path)
     assert resumed == {
-        "voice_features": False, "key_token": False,  # a run older than the flags had none
+        "voice_features": False, "key_token": False, "fermata_token": False,  # a run older
         "midi_dir": "midi/", "d_model": 64, "block_size": 128, "batch_size": 3,
         "temperature": 0.8, "max_steps": 90,
     }  # fmt: skip
@@ -203,14 +206,17 @@ def test_run_defaults_resume_everything_but_the_command_and_evaluate_the_shape(t
     evaluated = recipe.run_defaults(tmp_path, evaluate=True)
     # The model's shape and the data split, so the held-out pieces are the run's; no sampler.
     assert evaluated == {
-        "voice_features": False, "key_token": False, "d_model": 64, "block_size": 128,
-        "midi_dir": "midi/", "seed": 7,
+        "voice_features": False, "key_token": False, "fermata_token": False, "d_model": 64,
+        "block_size": 128, "midi_dir": "midi/", "seed": 7,
     }  # fmt: skip
     (tmp_path / "run.json").write_text(json.dumps({**saved, "voice_features": True}))
     assert recipe.run_defaults(tmp_path)["voice_features"] is True
     (tmp_path / "run.json").write_text(json.dumps({**saved, "key_token": True}))
     assert recipe.run_defaults(tmp_path)["key_token"] is True  # the same tokenizer again
     assert recipe.run_defaults(tmp_path, evaluate=True)["key_token"] is True
+    (tmp_path / "run.json").write_text(json.dumps({**saved, "fermata_token": True}))
+    assert recipe.run_defaults(tmp_path)["fermata_token"] is True
+    assert recipe.run_defaults(tmp_path, evaluate=True)["fermata_token"] is True
     for text, match in (("[1, 2]", "JSON object, got list"), ("{oops", "not valid JSON")):
         (tmp_path / "run.json").write_text(text)
         with pytest.raises(ValueError, match=match) as caught:
@@ -509,6 +515,13 @@ def test_pitch_stages_move_the_key_token_with_the_notes():
     drawn = (out[:, 2] - ids[:, 2]).tolist()  # each row's shift
     assert len(set(drawn)) > 1
     assert out[:, 1].tolist() == [keyed.key_id((7 * k + 6) % 12 - 6) for k in drawn]
+    both = MusicTokenizer(key_tokens=True, fermata_tokens=True)  # <FERMATA> stays in place
+    shift = recipe.pitch_stages(both).stages[1].transform
+    assert shift.key_ids == both.key_ids and both.fermata_ids.start not in shift.key_ids
+    ids = torch.tensor([both.encode([NoteEvent(60, 1, 0.0, 1.0, fermata=True)])] * 16)
+    assert ids[0, 2] == both.fermata_ids.start
+    out, _ = shift(ids[:, :-1], ids[:, 1:], generator=torch.Generator().manual_seed(0))
+    assert (out[:, 2] == both.fermata_ids.start).all() and (out[:, 3] != ids[:, 3]).any()
 
 
 def test_pitch_stages_widen_and_advance_the_last_stage():

@@ -36,8 +36,12 @@ TOKENIZERS = {
     "coarse": MusicTokenizer(min_pitch=60, max_pitch=60, voices=1, durations=(1.0,),
                              time_steps=(0.0, 1.0)),
     "keyed": MusicTokenizer(key_tokens=True),
+    "fermatas": MusicTokenizer(fermata_tokens=True),
+    "keyed_fermatas": MusicTokenizer(min_pitch=48, max_pitch=72, voices=3, key_tokens=True,
+                                     fermata_tokens=True),
 }  # fmt: skip
 KEYED = TOKENIZERS["keyed"]
+HELD = TOKENIZERS["fermatas"]
 tmp_path_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -66,6 +70,7 @@ def events_for(tok: MusicTokenizer, max_size: int = 14) -> st.SearchStrategy[lis
         duration=LENGTHS,
         bar=st.integers(0, 12),
         key=st.integers(-7, 7),
+        fermata=st.booleans(),
     )
     return st.lists(event, max_size=max_size)
 
@@ -139,6 +144,24 @@ def test_key_id_spells_a_signature_with_at_most_6_flats_or_5_sharps(key: int, to
     assert KEYED.vocab.id_to_token(KEYED.key_id(key)) == token
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"pitch": 128}, r"pitch must be an int in \[0, 127\], got 128"),
+        ({"voice": 0}, "voice must be an int >= 1, got 0"),
+        ({"onset": -1.0}, "onset must be a finite number >= 0, got -1.0"),
+        ({"duration": 0.0}, "duration must be a finite number > 0, got 0.0"),
+        ({"bar": -1}, "bar must be an int >= 0, got -1"),
+        ({"key": 8}, r"key must be an int in \[-7, 7\], got 8"),
+        ({"fermata": 1}, "fermata must be a bool, got 1"),
+    ],
+)
+def test_note_event_names_the_field_that_is_wrong(kwargs: dict, match: str) -> None:
+    fields = {"pitch": 60, "voice": 1, "onset": 0.0, "duration": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=f"NoteEvent: {match}"):
+        NoteEvent(**fields)
+
+
 def test_key_id_errors_name_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="has no KEY tokens"):
         TOK.key_id(0)
@@ -155,11 +178,60 @@ def test_encode_opens_with_the_first_events_key_and_decode_gives_it_to_every_eve
     assert [e.key for e in KEYED.decode(ids)] == [-5, -5]  # one key: a later change is dropped
     assert KEYED.decode(ids) == KEYED.quantize(piece)
     assert _names(KEYED, KEYED.encode([])) == ["<START>", "<KEY:0>", "<END>"]
+    assert _names(KEYED, KEYED.encode([NoteEvent(60, 1, 0.0, 1.0, fermata=True)]))[:3] == [
+        "<START>", "<KEY:0>", "<NOTE:C4>",
+    ]  # fmt: skip
     body = KEYED.encode(piece, add_start=False)  # a window body has no KEY token
     assert body == ids[2:] and [e.key for e in KEYED.decode(body)] == [0, 0]
     assert [e.key for e in KEYED.decode(ids[1:])] == [-5, -5]  # <START> is optional
     assert TOK.encode(piece) == [TOK.start_id, *ids[2:]]  # without the option: as before
     assert [e.key for e in TOK.decode(TOK.encode(piece))] == [0, 0]
+
+
+def test_fermata_tokens_add_one_token_after_the_others() -> None:
+    both = TOKENIZERS["keyed_fermatas"]
+    assert HELD.fermata_tokens and not TOK.fermata_tokens and not KEYED.fermata_tokens
+    assert HELD.vocab.group_names == ("special", "note", "voice", "dur", "time", "fermata")
+    assert HELD.vocab.tokens[:93] == TOK.vocab.tokens and HELD.fermata_ids == range(93, 94)
+    assert _names(HELD, list(HELD.fermata_ids)) == ["<FERMATA>"] and len(HELD.vocab) == 94
+    assert both.vocab.group_names[-2:] == ("key", "fermata")  # KEY ids do not move
+    assert both.fermata_ids == range(len(both.vocab) - 1, len(both.vocab))
+    assert both.key_ids.stop == both.fermata_ids.start
+    assert TOK.fermata_ids == range(93, 93) and KEYED.fermata_ids == range(105, 105)
+    assert len(HELD.time_values()) == 94 and HELD.time_values()[93] == 0.0
+    assert "fermata_tokens=True" in repr(HELD) and "fermata" not in repr(TOK)
+    with pytest.raises(ValueError, match="fermata_tokens must be a bool, got 1"):
+        MusicTokenizer(fermata_tokens=1)  # type: ignore[arg-type]
+
+
+def test_encode_marks_each_onset_with_a_fermata_once_after_its_bar_lines() -> None:
+    piece = [
+        NoteEvent(60, 1, 0.0, 1.0),
+        NoteEvent(48, 4, 0.0, 2.0),
+        NoteEvent(62, 1, 1.0, 1.0, fermata=True),  # a fermata on one voice of the onset
+        NoteEvent(55, 4, 4.0, 1.0, bar=1),
+        NoteEvent(67, 1, 4.0, 1.0, bar=1, fermata=True),  # after a bar line
+        NoteEvent(64, 1, 6.0, 1.0, bar=1, fermata=True),
+    ]
+    ids = HELD.encode(piece)
+    assert _names(HELD, ids) == [
+        "<START>",
+        "<NOTE:C4>", "<VOICE:1>", "<DUR:1.0>", "<TIME:+0.0>",
+        "<NOTE:C3>", "<VOICE:4>", "<DUR:2.0>", "<TIME:+1.0>",
+        "<FERMATA>", "<NOTE:D4>", "<VOICE:1>", "<DUR:1.0>", "<TIME:+3.0>",
+        "<BAR>", "<FERMATA>", "<NOTE:G4>", "<VOICE:1>", "<DUR:1.0>", "<TIME:+0.0>",
+        "<NOTE:G3>", "<VOICE:4>", "<DUR:1.0>", "<TIME:+2.0>",
+        "<FERMATA>", "<NOTE:E4>", "<VOICE:1>", "<DUR:1.0>", "<TIME:+0.0>", "<END>",
+    ]  # fmt: skip
+    # Decoding gives the mark to every note of its onset, and to no other.
+    assert [(e.pitch, e.fermata) for e in HELD.decode(ids)] == [
+        (60, False), (48, False), (62, True), (67, True), (55, True), (64, True),
+    ]  # fmt: skip
+    assert HELD.decode(ids) == HELD.quantize(piece)
+    assert TOK.encode(piece) == [i for i in ids if i not in HELD.fermata_ids]  # as before
+    assert not any(e.fermata for e in TOK.decode(TOK.encode(piece)))
+    rest_first = HELD.encode([NoteEvent(60, 1, 1.0, 1.0, fermata=True)])
+    assert _names(HELD, rest_first[:4]) == ["<START>", "<REST>", "<TIME:+1.0>", "<FERMATA>"]
 
 
 # -- the stream, by hand -------------------------------------------------------------------
@@ -252,6 +324,10 @@ def test_quantize_is_idempotent_and_on_the_grid(
         key = (events[first].key + 6) % 12 - 6
     assert all(e.duration in tok.durations and e.key == key for e in piece)
     assert all(e.onset == round(e.onset / tok.grid) * tok.grid for e in piece)
+    # Fermatas: none without FERMATA tokens; with them, every note of an onset where any of
+    # the input's notes (snapped to the grid) had one.
+    held = {math.floor(e.onset / tok.grid + 0.5) * tok.grid for e in events if e.fermata}
+    assert all(e.fermata == (tok.fermata_tokens and e.onset in held) for e in piece)
     if piece:
         assert piece[0].bar == 0
     for a, b in zip(piece, piece[1:], strict=False):
@@ -374,6 +450,59 @@ def test_allowed_next_with_key_tokens_by_state(prefix: list[int], allowed: list[
     assert sorted(KEYED.allowed_next(prefix)) == sorted(allowed)
 
 
+F = HELD.fermata_ids[0]
+
+
+@pytest.mark.parametrize(
+    "prefix, allowed",
+    [
+        ([S], [E, R, F, *NOTES]),  # a fermata on the first onset
+        ([S, R, T1], [R, F, *NOTES]),
+        ([S, F], NOTES),  # the onset's first note, and nothing else
+        ([S, N, V, D, T1], [B, R, F, *NOTES]),
+        ([S, N, V, D, T1, B], [B, F, *NOTES]),  # bar lines first, then the fermata
+        ([S, N, V, D, T2, R, T1], [B, R, F, *NOTES]),
+        ([S, N, V, D, T0], [E, *NOTES]),  # never inside a chord
+        ([S, F, N, V, D, T0], [E, *NOTES]),
+        ([F, N], VOICES),  # a window that opens on a fermata
+    ],
+)
+def test_allowed_next_with_fermata_tokens_by_state(prefix: list[int], allowed: list[int]) -> None:
+    assert sorted(HELD.allowed_next(prefix)) == sorted(allowed)
+
+
+@pytest.mark.parametrize(
+    "ids, match",
+    [
+        ([S, F, F], r"token <FERMATA> \(id 93\) at position 2 cannot follow <FERMATA>; "
+                    r"allowed there: <NOTE:\*>"),
+        ([S, F, B], "position 2 cannot follow <FERMATA>"),
+        ([S, F, E], "position 2 cannot follow <FERMATA>"),
+        ([S, N, V, D, T0, F], r"position 5 cannot follow <TIME:\+0.0>"),
+        ([S, N, V, D, F], "position 4 cannot follow <DUR:0.125>"),
+    ],
+)  # fmt: skip
+def test_decode_with_fermata_tokens_refuses_a_fermata_inside_an_onset(
+    ids: list[int], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        HELD.decode(ids)
+    with pytest.raises(IndexError, match="id 93 at position 1 is not a token id"):
+        TOK.decode([S, F])  # without the option there is no such id
+
+
+@given(case=tokenizer_and_events())
+def test_fermata_tokens_stand_before_the_first_note_of_marked_onsets_only(
+    case: tuple[MusicTokenizer, list[NoteEvent]],
+) -> None:
+    _, events = case
+    piece = HELD.quantize([e for e in events if e.voice <= 2])
+    ids = HELD.encode(piece)
+    marks = [k for k, i in enumerate(ids) if i == F]
+    assert all(ids[k + 1] in HELD.note_ids for k in marks)
+    assert len(marks) == len({e.onset for e in piece if e.fermata})
+
+
 @given(case=tokenizer_and_events())
 def test_key_tokens_are_allowed_right_after_start_and_nowhere_else(
     case: tuple[MusicTokenizer, list[NoteEvent]],
@@ -419,7 +548,7 @@ def test_allowed_next_reads_a_bounded_suffix_of_long_prefixes() -> None:
     scale=st.sampled_from([1.0, 20.0]),
     temperature=st.floats(0.5, 2.0),
 )
-@pytest.mark.parametrize("name", ["default", "keyed"])
+@pytest.mark.parametrize("name", ["default", "keyed", "keyed_fermatas"])
 def test_generation_under_the_grammar_always_decodes(
     name: str, seed: int, scale: float, temperature: float
 ) -> None:
@@ -572,10 +701,11 @@ def test_save_load_round_trips_ids_and_grid(tmp_path: Path, name: str) -> None:
         assert (back.min_pitch, back.max_pitch, back.voices) == (
             tok.min_pitch, tok.max_pitch, tok.voices
         )  # fmt: skip
-        assert back.key_tokens == tok.key_tokens
-        piece = [NoteEvent(tok.max_pitch, tok.voices, 1.0, 1.0, key=3)]
+        assert (back.key_tokens, back.fermata_tokens) == (tok.key_tokens, tok.fermata_tokens)
+        piece = [NoteEvent(tok.max_pitch, tok.voices, 1.0, 1.0, key=3, fermata=True)]
         assert back.encode(piece) == tok.encode(piece)
     assert ("key_tokens" in payload["config"]) == tok.key_tokens  # written only when True
+    assert ("fermata_tokens" in payload["config"]) == tok.fermata_tokens
 
 
 def test_a_file_from_before_key_tokens_loads_without_them(tmp_path: Path) -> None:
@@ -589,6 +719,12 @@ def test_a_file_from_before_key_tokens_loads_without_them(tmp_path: Path) -> Non
         MusicTokenizer.from_dict({**keyed, "config": {**keyed["config"], "key_tokens": "yes"}})
     with pytest.raises(ValueError, match="is not the one its config builds"):
         MusicTokenizer.from_dict({**keyed, "config": payload["config"]})  # KEY ids would vanish
+    held = HELD.to_dict()
+    assert held["config"]["fermata_tokens"] is True and "key_tokens" not in held["config"]
+    with pytest.raises(ValueError, match="fermata_tokens must be a bool, got 'no'"):
+        MusicTokenizer.from_dict({**held, "config": {**held["config"], "fermata_tokens": "no"}})
+    with pytest.raises(ValueError, match="is not the one its config builds"):
+        MusicTokenizer.from_dict({**held, "config": payload["config"]})
 
 
 def test_tokenizer_files_are_checked(tmp_path: Path) -> None:

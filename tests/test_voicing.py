@@ -20,6 +20,7 @@ TOK = MusicTokenizer()
 TWO = MusicTokenizer(min_pitch=55, max_pitch=79, voices=2, durations=(0.5, 1.0, 2.0),
                      time_steps=(0.0, 0.5, 1.0, 2.0))  # fmt: skip
 KEYED = MusicTokenizer(key_tokens=True)  # TOK's ids, then <KEY:-6>..<KEY:5>
+HELD = MusicTokenizer(fermata_tokens=True)  # TOK's ids, then <FERMATA>
 
 
 def _note(tok: MusicTokenizer, pitch: int, voice: int, duration: float, step: float) -> list[int]:
@@ -73,6 +74,17 @@ def test_with_every_voice_busy_only_a_rest_moves_on() -> None:
         assert rule(ids) == [TOK.rest_id]
     # The rest may move time up to the end of the notes (1.0), with fill.
     assert _times(TOK, VoiceLeading(TOK)([*ids, TOK.rest_id])) == [0.125, 0.25, 0.375, 0.5]
+
+
+def test_a_fermata_is_offered_only_where_a_note_may_start() -> None:
+    fermata = HELD.fermata_ids.start
+    busy = _chord([1.0, 1.0, 1.0, 1.0]) + [HELD.time_ids.start + HELD.time_steps.index(0.5)]
+    for rule in (VoiceLeading(HELD), VoiceLeading(HELD, fill=False)):
+        assert rule(busy) == [HELD.rest_id]  # after <FERMATA> only a note may follow
+    free = _chord([1.0, 1.0, 1.0, 1.0]) + [HELD.time_ids.start + HELD.time_steps.index(1.0)]
+    after = VoiceLeading(HELD)([*free, fermata])
+    assert fermata in VoiceLeading(HELD)(free) and after == list(HELD.note_ids)
+    assert fermata not in VoiceLeading(HELD)(free[:-1])  # inside the chord
 
 
 def test_a_full_chord_continued_can_only_end() -> None:
@@ -210,7 +222,7 @@ def _silent_points(piece: Piece, voices: int, grid: float) -> list[tuple[float, 
     seed=st.integers(0, 2**31 - 1),
     scale=st.sampled_from([1.0, 20.0]),
     fill=st.booleans(),
-    tok=st.sampled_from([TOK, TWO, KEYED]),
+    tok=st.sampled_from([TOK, TWO, KEYED, HELD]),
     min_notes=st.sampled_from([0, 6]),
     max_notes=st.sampled_from([None, 6, 9]),
 )

@@ -35,6 +35,8 @@ class NoteEvent:
         duration: length in quarter lengths, > 0.
         bar: index of the bar (measure) the note starts in, >= 0, counted from the first bar.
         key: key signature as a count of sharps (negative for flats), -7..7; 0 when unknown.
+        fermata: whether the note carries a fermata (a pause; in the chorales, the end of a
+            phrase). False when unknown, e.g. for notes read from MIDI, which has no fermatas.
     """
 
     pitch: int
@@ -43,6 +45,7 @@ class NoteEvent:
     duration: float
     bar: int = 0
     key: int = 0
+    fermata: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.pitch, bool) or not isinstance(self.pitch, int):
@@ -65,6 +68,8 @@ class NoteEvent:
             raise ValueError(f"NoteEvent: bar must be an int >= 0, got {self.bar!r}")
         if isinstance(self.key, bool) or not isinstance(self.key, int) or not -7 <= self.key <= 7:
             raise ValueError(f"NoteEvent: key must be an int in [-7, 7], got {self.key!r}")
+        if not isinstance(self.fermata, bool):
+            raise ValueError(f"NoteEvent: fermata must be a bool, got {self.fermata!r}")
 
     @property
     def offset(self) -> float:

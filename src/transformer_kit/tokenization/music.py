@@ -3,7 +3,8 @@
 Each note is four tokens `<NOTE:x> <VOICE:v> <DUR:d> <TIME:+t>`, where t is the time to the next
 event; `<BAR>` marks a new bar, `<REST> <TIME:+t>` advances time without a note.
 `allowed_next` is the grammar as a sampling constraint (`generate(..., allowed_next=...)`).
-With `key_tokens=True` a `<KEY:k>` token (the key signature) follows `<START>`.
+With `key_tokens=True` a `<KEY:k>` token (the key signature) follows `<START>`; with
+`fermata_tokens=True` a `<FERMATA>` token comes before the notes of an onset that holds one.
     >>> tok = MusicTokenizer()
     >>> [tok.vocab.id_to_token(i) for i in tok.encode([NoteEvent(60, 1, 0.0, 1.0)])]
     ['<START>', '<NOTE:C4>', '<VOICE:1>', '<DUR:1.0>', '<TIME:+0.0>', '<END>']
@@ -56,10 +57,10 @@ _KEYS = 12
 """KEY tokens: key signatures up to enharmonic spelling, -6..5 sharps (negative: flats)."""
 
 # Token kinds: what the grammar sees of a token. TIME splits into +0 (a chord goes on) and > 0.
-_PAD, _START, _END, _BAR, _REST, _NOTE, _VOICE, _DUR, _TIME0, _TIME, _KEY = range(11)
+_PAD, _START, _END, _BAR, _REST, _NOTE, _VOICE, _DUR, _TIME0, _TIME, _KEY, _FERMATA = range(12)
 _KIND_NAMES = (
     "<PAD>", "<START>", "<END>", "<BAR>", "<REST>", "<NOTE:*>", "<VOICE:*>", "<DUR:*>",
-    "<TIME:+0.0>", "<TIME:+t> with t > 0", "<KEY:*>",
+    "<TIME:+0.0>", "<TIME:+t> with t > 0", "<KEY:*>", "<FERMATA>",
 )  # fmt: skip
 
 # Grammar states: where the stream is after its last non-pad token.
@@ -78,7 +79,8 @@ _KIND_NAMES = (
     _S_BAR,  # after <BAR>
     _S_END,  # after <END>
     _S_OPEN,  # after <START> when a <KEY> must follow (key_tokens=True)
-) = range(14)
+    _S_FERMATA,  # after <FERMATA> (fermata_tokens=True): the onset's first note follows
+) = range(15)
 
 _TRANSITIONS: dict[tuple[int, int], int] = {
     (_S_BEGIN, _START): _S_START,
@@ -116,6 +118,14 @@ _KEY_TRANSITIONS: dict[tuple[int, int], int] = {
 }
 """What `key_tokens=True` changes: `<START>` must be followed by one `<KEY>`, and only there."""
 
+_FERMATA_TRANSITIONS: dict[tuple[int, int], int] = {
+    **{(state, _FERMATA): _S_FERMATA for state in (_S_START, _S_LEAD_WAIT, _S_MOVED, _S_WAIT)},
+    (_S_BAR, _FERMATA): _S_FERMATA,
+    (_S_FERMATA, _NOTE): _S_NOTE,
+}
+"""What `fermata_tokens=True` adds: one `<FERMATA>` wherever an onset's first note may start
+(after its bar lines), followed by that note; never inside a chord, so each onset has one."""
+
 # Kinds after which the state is known from the token alone; TIME and REST need context.
 _STATE_AFTER_KIND = {
     _START: _S_START,
@@ -125,6 +135,7 @@ _STATE_AFTER_KIND = {
     _BAR: _S_BAR,
     _END: _S_END,
     _KEY: _S_START,
+    _FERMATA: _S_FERMATA,
 }
 
 
@@ -150,6 +161,12 @@ class MusicTokenizer:
     opens `<START> <KEY:k>` with the key of the piece's first event, the grammar allows a KEY
     token there and nowhere else, and `decode` gives every event that key (0 without one).
 
+    With `fermata_tokens=True` the vocabulary ends with one more group, "fermata":
+    `<FERMATA>`, written right before the first note of an onset (after its `<BAR>`s) where
+    any note starts with a fermata. `decode` gives every note of that onset `fermata=True`;
+    without the option every event's fermata is False. In the chorales fermatas mark the ends
+    of phrases (the cadences), about 6 per piece, so a model sees, and writes, its phrases.
+
     Args:
         min_pitch: lowest MIDI pitch with a NOTE token; the default is the chorale corpus's
             lowest (36, C2) minus 2 semitones.
@@ -160,6 +177,8 @@ class MusicTokenizer:
             whole multiple of the smallest nonzero one, which is the onset grid.
         key_tokens: add the KEY group and open every piece with its key signature, so that a
             model draws a key first and writes every note in it.
+        fermata_tokens: add `<FERMATA>` (after the KEY group) and mark every onset where a
+            note with a fermata starts.
 
     Raises:
         ValueError: on an argument outside what is allowed, naming it and its value.
@@ -186,6 +205,7 @@ class MusicTokenizer:
         durations: Sequence[float] = DEFAULT_DURATIONS,
         time_steps: Sequence[float] = DEFAULT_TIME_STEPS,
         key_tokens: bool = False,
+        fermata_tokens: bool = False,
     ) -> None:
         for name, value in (("min_pitch", min_pitch), ("max_pitch", max_pitch)):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 127:
@@ -200,6 +220,10 @@ class MusicTokenizer:
             raise ValueError(f"MusicTokenizer: voices must be an int >= 1, got {voices!r}")
         if not isinstance(key_tokens, bool):
             raise ValueError(f"MusicTokenizer: key_tokens must be a bool, got {key_tokens!r}")
+        if not isinstance(fermata_tokens, bool):
+            raise ValueError(
+                f"MusicTokenizer: fermata_tokens must be a bool, got {fermata_tokens!r}"
+            )
         self._durations = _increasing(durations, "durations", first_zero=False)
         self._time_steps = _increasing(time_steps, "time_steps", first_zero=True)
         grid = self._time_steps[1]
@@ -212,6 +236,7 @@ class MusicTokenizer:
                 )
         self._min_pitch, self._max_pitch = min_pitch, max_pitch
         self._voices, self._grid, self._key_tokens = voices, grid, key_tokens
+        self._fermata_tokens = fermata_tokens
         groups = {
             "note": [f"<NOTE:{pitch_name(p)}>" for p in range(min_pitch, max_pitch + 1)],
             "voice": [f"<VOICE:{v}>" for v in range(1, voices + 1)],
@@ -220,8 +245,14 @@ class MusicTokenizer:
         }
         if key_tokens:  # last, so every other id is the same with and without it
             groups["key"] = [f"<KEY:{k}>" for k in range(-_KEYS // 2, _KEYS // 2)]
+        if fermata_tokens:  # after KEY, so the KEY ids do not depend on it
+            groups["fermata"] = ["<FERMATA>"]
         self._vocab = Vocabulary(groups, specials=MUSIC_SPECIALS)
-        self._transitions = {**_TRANSITIONS, **_KEY_TRANSITIONS} if key_tokens else _TRANSITIONS
+        self._transitions = dict(_TRANSITIONS)
+        if key_tokens:
+            self._transitions.update(_KEY_TRANSITIONS)
+        if fermata_tokens:
+            self._transitions.update(_FERMATA_TRANSITIONS)
         self._build_tables()
 
     def _build_tables(self) -> None:
@@ -231,9 +262,10 @@ class MusicTokenizer:
         kinds += [_NOTE] * len(self.note_ids) + [_VOICE] * len(self.voice_ids)
         kinds += [_DUR] * len(self.dur_ids)
         kinds += [_TIME0 if units == 0 else _TIME for units in self._units]
-        kinds += [_KEY] * len(self.key_ids)
+        kinds += [_KEY] * len(self.key_ids) + [_FERMATA] * len(self.fermata_ids)
         self._kinds = kinds
-        self._time_units = [0] * self.time_ids.start + self._units + [0] * len(self.key_ids)
+        self._time_units = [0] * self.time_ids.start + self._units
+        self._time_units += [0] * (size - len(self._time_units))
         self._state_after = [_STATE_AFTER_KIND.get(kind, -1) for kind in kinds]
         self._state_after[self.start_id] = self._transitions[(_S_BEGIN, _START)]
         n_states = 1 + max(self._transitions.values())
@@ -305,6 +337,18 @@ class MusicTokenizer:
         if not self._key_tokens:
             return range(len(self._vocab), len(self._vocab))
         return self._vocab.group_ids("key")
+
+    @property
+    def fermata_ids(self) -> range:
+        """The id of `<FERMATA>` as a range of one; an empty range without `fermata_tokens`."""
+        if not self._fermata_tokens:
+            return range(len(self._vocab), len(self._vocab))
+        return self._vocab.group_ids("fermata")
+
+    @property
+    def fermata_tokens(self) -> bool:
+        """Whether onsets with a fermata are marked `<FERMATA>` (the constructor's option)."""
+        return self._fermata_tokens
 
     @property
     def key_tokens(self) -> bool:
@@ -402,7 +446,8 @@ class MusicTokenizer:
         Onsets snap to the nearest multiple of `grid` (halves round up), durations to the
         nearest DUR value (ties to the shorter). Keys become 0, or with `key_tokens` the
         canonical spelling of the first event's key (a piece has one KEY token, so a later key
-        change is not kept; see the class docstring). Bars are
+        change is not kept; see the class docstring). Fermatas become False, or with
+        `fermata_tokens` True for every event at an onset (on the grid) where any has one. Bars are
         made to fit the stream: the bar at an onset is the largest bar of any event at or before
         it, minus that of the first onset, so the first event is in bar 0, bars never go back,
         and a chord lies in one bar. The result is in `sort_events` order; `quantize` is
@@ -431,16 +476,20 @@ class MusicTokenizer:
                     f"tokenizer has voices 1..{self._voices}"
                 )
             units = math.floor(e.onset / self._grid + 0.5)
-            rows.append((units, e.voice, e.pitch, self._snap_duration(e.duration), e.bar, e.key))
+            duration = self._snap_duration(e.duration)
+            rows.append((units, e.voice, e.pitch, duration, e.bar, e.key, e.fermata))
         rows.sort(key=lambda row: row[:3])  # stable, so equal keys keep their order
         bars: dict[int, int] = {}  # onset (grid units) -> bar, filled in onset order
         running = 0
-        for units, *_, bar, _ in rows:
+        for units, *_, bar, _, _ in rows:
             running = bars[units] = max(running, bar)
         first = bars[rows[0][0]] if rows else 0
-        key = _canonical_key(rows[0][-1]) if rows and self._key_tokens else 0
+        key = _canonical_key(rows[0][5]) if rows and self._key_tokens else 0
+        held = {row[0] for row in rows if row[6]} if self._fermata_tokens else set()
         return [
-            NoteEvent(pitch, voice, units * self._grid, duration, bars[units] - first, key)
+            NoteEvent(
+                pitch, voice, units * self._grid, duration, bars[units] - first, key, units in held
+            )
             for units, voice, pitch, duration, *_ in rows
         ]
 
@@ -467,6 +516,8 @@ class MusicTokenizer:
         for k, e in enumerate(piece):
             if k:
                 ids += [self.bar_id] * (e.bar - piece[k - 1].bar)
+            if e.fermata and (k == 0 or onsets[k - 1] != onsets[k]):
+                ids.append(self.fermata_ids.start)
             dur = self.dur_ids.start + self._durations.index(e.duration)
             ids += [self.note_id(e.pitch), self.voice_ids.start + e.voice - 1, dur]
             gap = onsets[k + 1] - onsets[k] if k + 1 < len(piece) else 0
@@ -483,7 +534,8 @@ class MusicTokenizer:
 
         `<PAD>` is skipped anywhere, a leading `<START>` is optional, and an unfinished note or
         rest at the very end (a cut-off generation) is dropped. Every event gets the key of the
-        `<KEY>` token (its canonical count of sharps), 0 when there is none. Every piece decodes
+        `<KEY>` token (its canonical count of sharps), 0 when there is none, and the notes of
+        an onset that opens with `<FERMATA>` get `fermata=True`. Every piece decodes
         to a fixed point of `quantize`: `quantize(decode(ids)) == decode(ids)`.
 
         Raises:
@@ -496,7 +548,7 @@ class MusicTokenizer:
         events: list[NoteEvent] = []
         state, clock, bars, previous = _S_BEGIN, 0, 0, "the beginning"
         pitch = voice = key = 0
-        duration = 0.0
+        duration, held = 0.0, False
         for position, i in enumerate(tokens):
             kind = self._kind(i, position)
             if kind == _PAD:
@@ -518,12 +570,16 @@ class MusicTokenizer:
                 duration = self._durations[i - self.dur_ids.start]
             elif kind in (_TIME0, _TIME):
                 if state == _S_DUR:
-                    events.append(NoteEvent(pitch, voice, clock * self._grid, duration, bars, key))
+                    onset = clock * self._grid
+                    events.append(NoteEvent(pitch, voice, onset, duration, bars, key, held))
                 clock += self._time_units[i]
+                held = held and not self._time_units[i]
             elif kind == _BAR:
                 bars += 1
             elif kind == _KEY:
                 key = i - self.key_ids.start - _KEYS // 2
+            elif kind == _FERMATA:
+                held = True
             elif kind == _END:
                 break
             state, previous = following, self._vocab.tokens[i]
@@ -633,8 +689,8 @@ class MusicTokenizer:
     def to_dict(self) -> dict[str, Any]:
         """Return `{"kind": "music", "format": 1, "vocab": ..., "config": {...}}`, JSON-ready.
 
-        The config holds "key_tokens" only when it is True, so a tokenizer without KEY tokens
-        writes exactly what it wrote before the option existed.
+        The config holds "key_tokens" and "fermata_tokens" only when True, so a tokenizer
+        without them writes exactly what it wrote before the options existed.
         """
         config: dict[str, Any] = {
             "min_pitch": self._min_pitch,
@@ -645,6 +701,8 @@ class MusicTokenizer:
         }
         if self._key_tokens:
             config["key_tokens"] = True
+        if self._fermata_tokens:
+            config["fermata_tokens"] = True
         return {
             "kind": self.kind,
             "format": _FORMAT,
@@ -675,12 +733,12 @@ class MusicTokenizer:
         keys = {"min_pitch", "max_pitch", "voices", "durations", "time_steps"}
         if (
             not isinstance(config, Mapping)
-            or set(config) - {"key_tokens"} != keys
+            or set(config) - {"key_tokens", "fermata_tokens"} != keys
             or "vocab" not in d
         ):
             raise ValueError(
                 f"MusicTokenizer.from_dict: needs 'vocab' and a 'config' with keys "
-                f"{sorted(keys)} (and optionally 'key_tokens'), got {d!r:.200}"
+                f"{sorted(keys)} (and optionally 'key_tokens', 'fermata_tokens'), got {d!r:.200}"
             )
         tok = cls(**config)
         stored = Vocabulary.from_dict(d["vocab"])
@@ -719,7 +777,8 @@ class MusicTokenizer:
         return (
             f"MusicTokenizer(vocab_size={len(self._vocab)}, pitches={self._min_pitch}.."
             f"{self._max_pitch}, voices={self._voices}, grid={self._grid!r}"
-            f"{', key_tokens=True' if self._key_tokens else ''})"
+            f"{', key_tokens=True' if self._key_tokens else ''}"
+            f"{', fermata_tokens=True' if self._fermata_tokens else ''})"
         )
 
 

@@ -39,8 +39,8 @@ class VoiceLeading:
 
     - a `<VOICE:v>` whose voice still sounds at the current onset (each voice is monophonic,
       as in the chorales: none of their 85,447 notes overlaps another of its voice);
-    - a `<NOTE:*>` or `<BAR>` when no voice is free at the current onset (after a bar line
-      only notes may follow, so a bar line then could only repeat);
+    - a `<NOTE:*>`, `<BAR>` or `<FERMATA>` when no voice is free at the current onset (after a
+      bar line only notes may follow, so a bar line then could only repeat);
     - with `fill=True`: a time step that would leave a voice silent, that is any `<TIME:+t>`
       with t > 0 past the earliest end of a sounding voice (only `<TIME:+0.0>` is left while
       a voice is free, so the next note goes to it), and a `<REST>` while a voice is free.
@@ -118,6 +118,7 @@ class VoiceLeading:
         self._notes = set(tokenizer.note_ids)
         self._times = set(tokenizer.time_ids)
         self._bar_id, self._rest_id = tokenizer.bar_id, tokenizer.rest_id
+        self._fermata = tokenizer.fermata_ids  # empty without fermata_tokens
         # Scan state after each recent prefix, oldest first (dicts keep insertion order).
         self._states: dict[tuple[int, ...], _State] = {}
 
@@ -152,9 +153,9 @@ class VoiceLeading:
                 ok = False
             elif v >= 0:
                 ok = v in free
-            elif i in self._notes or i == self._bar_id:
+            elif i in self._notes or i == self._bar_id or i in self._fermata:
                 # After a bar line only notes (or more bar lines) may follow, so a bar needs a
-                # free voice too, or the stream could only repeat <BAR>.
+                # free voice too, or the stream could only repeat <BAR>; a <FERMATA> likewise.
                 ok = bool(free)
             elif i == self._rest_id:
                 ok = not (self.fill and free)

@@ -20,8 +20,8 @@ _log = logging.getLogger(__name__)
 
 _CACHE_FORMAT = "transformer_kit.bach_chorales"
 # Bump whenever parsing, splitting or the file layout changes: other versions are rebuilt.
-_CACHE_VERSION = 2
-_COLUMNS = ["pitch", "voice", "onset", "duration", "bar", "key"]
+_CACHE_VERSION = 3  # 3: events keep their fermatas
+_COLUMNS = ["pitch", "voice", "onset", "duration", "bar", "key", "fermata"]
 _VOICES = 4
 _FRACTIONS = (0.9, 0.05, 0.05)
 

@@ -53,7 +53,9 @@ def _parts_to_piece(parts: Sequence[Any], m21: ModuleType, *, source: str) -> Pi
     Ties are merged with music21's ``stripTies`` (matching by pitch), so a note tied across a
     barline is one event with the summed duration that starts in the bar of its first half:
     the events describe what sounds, not how it is notated, and a tokenizer sees one note.
-    ``bar`` counts the part's measures from 0 (see `_measure_bars`).
+    ``bar`` counts the part's measures from 0 (see `_measure_bars`). A note or chord with a
+    `Fermata` expression gives its events ``fermata=True``; so does one on a later half of a tie,
+    to the merged note.
     """
     events: list[NoteEvent] = []
     dropped = Counter[str]()
@@ -67,6 +69,7 @@ def _parts_to_piece(parts: Sequence[Any], m21: ModuleType, *, source: str) -> Pi
 def _part_events(part: Any, voice: int, m21: ModuleType, dropped: Counter[str]) -> list[NoteEvent]:
     if not part.getElementsByClass(m21.stream.Measure):
         part = part.makeMeasures()  # bars from its time signatures, 4/4 when it has none
+    late = _fermatas_after_ties(part, m21)
     stripped = part.stripTies(matchByPitch=True)
     measure_starts, measure_bars = _measure_bars(stripped.getElementsByClass(m21.stream.Measure))
     flat = stripped.flatten()
@@ -87,6 +90,8 @@ def _part_events(part: Any, voice: int, m21: ModuleType, dropped: Counter[str]) 
         bar = measure_bars[max(0, bisect_right(measure_starts, onset) - 1)]
         at_key = bisect_right(key_starts, onset) - 1
         key = key_changes[at_key][1] if at_key >= 0 else 0
+        fermata = _has_fermata(element, m21)
+        end = onset + float(element.quarterLength)
         for pitch in element.pitches:
             if not 0 <= pitch.midi <= 127:
                 dropped["notes outside MIDI pitch range 0-127"] += 1
@@ -99,9 +104,28 @@ def _part_events(part: Any, voice: int, m21: ModuleType, dropped: Counter[str]) 
                     duration=float(element.quarterLength),
                     bar=bar,
                     key=key,
+                    fermata=fermata or any(p == pitch.midi and onset < t < end for t, p in late),
                 )
             )
     return events
+
+
+def _has_fermata(element: Any, m21: ModuleType) -> bool:
+    return any(isinstance(x, m21.expressions.Fermata) for x in element.expressions)
+
+
+def _fermatas_after_ties(part: Any, m21: ModuleType) -> list[tuple[float, int]]:
+    """(onset, MIDI pitch) of each fermata on the later half of a tie, which `stripTies` drops
+    when it merges the tied notes into the first."""
+    return [
+        (float(element.offset), pitch.midi)
+        for element in part.flatten().notes
+        if _is_pitched(element, m21)
+        and _has_fermata(element, m21)
+        and element.tie is not None
+        and element.tie.type in ("stop", "continue")
+        for pitch in element.pitches
+    ]
 
 
 def _measure_bars(measures: Sequence[Any]) -> tuple[list[float], list[int]]:
@@ -153,11 +177,14 @@ def _piece_to_score(piece: Piece, m21: ModuleType, *, tempo_bpm: float | None = 
             if e.key != key:
                 key = e.key
                 part.insert(_exact(e.onset), m21.key.KeySignature(key))
+        held = {(_exact(e.onset), _exact(e.duration)) for e in events if e.fermata}
         for (onset, duration), pitches in _simultaneous(events).items():
             if len(pitches) == 1:
                 element = m21.note.Note(pitches[0], quarterLength=duration)
             else:
                 element = m21.chord.Chord(pitches, quarterLength=duration)
+            if (onset, duration) in held:
+                element.expressions.append(m21.expressions.Fermata())
             part.insert(onset, element)
         score.insert(0, part)
     return score

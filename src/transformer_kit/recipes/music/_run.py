@@ -79,11 +79,14 @@ def load_splits(
     return splits
 
 
-def fit_tokenizer(pieces: Sequence[Piece], *, key_tokens: bool = False) -> MusicTokenizer:
+def fit_tokenizer(
+    pieces: Sequence[Piece], *, key_tokens: bool = False, fermata_tokens: bool = False
+) -> MusicTokenizer:
     """A `MusicTokenizer` whose pitches cover `pieces` and 2 semitones more, and their voices.
 
-    (`MusicTokenizer()`'s defaults cover the chorales already.) `key_tokens` goes to the
-    tokenizer: each piece then opens with its key signature.
+    (`MusicTokenizer()`'s defaults cover the chorales already.) `key_tokens` and
+    `fermata_tokens` go to the tokenizer: each piece then opens with its key signature, and
+    each onset with a fermata is marked.
 
     Raises:
         ValueError: if `pieces` holds no note.
@@ -97,6 +100,7 @@ def fit_tokenizer(pieces: Sequence[Piece], *, key_tokens: bool = False) -> Music
         max_pitch=min(127, high + _PITCH_MARGIN),
         voices=max(e.voice for e in events),
         key_tokens=key_tokens,
+        fermata_tokens=fermata_tokens,
     )
 
 
@@ -210,8 +214,9 @@ def run_defaults(run_dir: Path, *, evaluate: bool = False) -> dict[str, Any]:
     unless a flag given says otherwise; `Trainer.resume` then refuses a flag that changes what a
     step is (the batch size, the learning rate; `trainer.RESUME_FIXED`). With `evaluate`: the
     `RUN_SHAPE` keys, `midi_dir` and `seed` (the data and its split, so that the held-out
-    pieces are the run's) and `key_token` (its tokenizer), while the sampler's settings are the
-    command line's. Runs older than `voice_features` or `key_token` get False for them. Empty
+    pieces are the run's) and `key_token` and `fermata_token` (its tokenizer), while the
+    sampler's settings are the command line's. Runs older than `voice_features`, `key_token`
+    or `fermata_token` get False for them. Empty
     when `run_dir` has no run.json.
 
     Raises:
@@ -227,9 +232,9 @@ def run_defaults(run_dir: Path, *, evaluate: bool = False) -> dict[str, Any]:
     if not isinstance(saved, dict):
         kind = type(saved).__name__
         raise ValueError(f"run_defaults: {path} must hold a JSON object, got {kind}")
-    saved = {"voice_features": False, "key_token": False, **saved}
+    saved = {"voice_features": False, "key_token": False, "fermata_token": False, **saved}
     if evaluate:
-        kept = (*RUN_SHAPE, "key_token", "midi_dir", "seed")
+        kept = (*RUN_SHAPE, "key_token", "fermata_token", "midi_dir", "seed")
         return {key: saved[key] for key in kept if key in saved}
     return {key: value for key, value in saved.items() if key not in _NOT_RESUMED}
 
