@@ -213,7 +213,8 @@ def _changes(pairs: Counter[tuple[float, float]]) -> dict[str, object]:
 
 
 def _with(e: NoteEvent, *, bar: int, key: int) -> NoteEvent:
-    return NoteEvent(e.pitch, e.voice, e.onset, e.duration, bar, key)
+    # fermata=False: the default tokenizer drops fermatas, as it drops key and bar offsets.
+    return NoteEvent(e.pitch, e.voice, e.onset, e.duration, bar, key, fermata=False)
 
 
 def _on_grid(t: float, grid: float) -> bool:

@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.key != "model" and not args.key_token:
         parser.error(f"--key {args.key}: only a --key-token model opens its pieces with a key")
+    if args.fermata_token and args.midi_dir:
+        parser.error(
+            "--fermata-token: MIDI files carry no fermatas, so --midi-dir has none to mark"
+        )
     if args.ensemble and args.evaluate is None:
         parser.error("--ensemble needs --evaluate best|last: it only samples trained runs")
     return args

@@ -245,6 +245,18 @@ def test_bach_refuses_a_key_for_a_model_without_key_tokens_before_writing(tmp_pa
     assert not out.exists()
 
 
+def test_bach_refuses_fermata_tokens_for_a_midi_folder_before_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--out-dir", str(out), "--midi-dir", str(tmp_path / "midi"), "--fermata-token"]
+    with pytest.raises(SystemExit) as refused:
+        _example("bach.py").main(argv)
+    assert refused.value.code == 2
+    assert "--fermata-token: MIDI files carry no fermatas" in capsys.readouterr().err
+    assert not out.exists()
+    args = _example("bach.py").parse_args(["--out-dir", str(out), "--fermata-token"])
+    assert args.fermata_token is True and not _example("bach.py").parse_args([]).fermata_token
+
+
 def _midi_folder(folder: Path, n: int = 24, *, keys: bool = False) -> None:
     """Four-voice pieces on a sixteenth grid, each with its own soprano tune (and key)."""
     from transformer_kit.data import write_midi
@@ -275,18 +287,13 @@ def test_bach_example_with_key_token_samples_pieces_that_open_with_a_key(tmp_pat
     script = str(ROOT / "examples" / "bach.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(
-        [sys.executable, script, *args, "--key-token", "--fermata-token", "--max-steps", "4"],
+        [sys.executable, script, *args, "--key-token", "--max-steps", "4"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    run = json.loads((out / "run.json").read_text())
-    assert run["key_token"] is True and run["fermata_token"] is True
+    assert json.loads((out / "run.json").read_text())["key_token"] is True
     tok = MusicTokenizer.load(out / "tokenizer.json")
-    assert (
-        tok.key_tokens
-        and tok.fermata_tokens
-        and json.loads((out / "results.json").read_text())["decodable"] == 1.0
-    )
+    assert tok.key_tokens and json.loads((out / "results.json").read_text())["decodable"] == 1.0
     model, _ = recipe.load_run_model(out, "last")
     ids = recipe.PieceSampler(model, tok, min_notes=4).ids(3, 40, seed=0)
     for row in ids.tolist():  # the grammar drew a key first, and every note carries it

@@ -155,8 +155,8 @@ class MusicTokenizer:
     runs a clock from 0: a note starts at the clock, each TIME advances it, and a note's bar is
     the number of `<BAR>`s before it.
 
-    With `key_tokens=True` the vocabulary ends with a group "key", `<KEY:-6>`..`<KEY:5>`: the
-    key signature in sharps (negative: flats) up to enharmonic spelling, ((k + 6) mod 12) - 6,
+    With `key_tokens=True` the four groups are followed by a group "key", `<KEY:-6>`..`<KEY:5>`:
+    the key signature in sharps (negative: flats) up to enharmonic spelling, ((k + 6) mod 12) - 6,
     so 7 sharps (C#) is `<KEY:-5>` (Db) and 6 flats or 6 sharps are `<KEY:-6>`. The stream then
     opens `<START> <KEY:k>` with the key of the piece's first event, the grammar allows a KEY
     token there and nowhere else, and `decode` gives every event that key (0 without one).
@@ -243,9 +243,9 @@ class MusicTokenizer:
             "dur": [f"<DUR:{d!r}>" for d in self._durations],
             "time": [f"<TIME:+{t!r}>" for t in self._time_steps],
         }
-        if key_tokens:  # last, so every other id is the same with and without it
+        if key_tokens:  # after the four, so their ids are the same with and without it
             groups["key"] = [f"<KEY:{k}>" for k in range(-_KEYS // 2, _KEYS // 2)]
-        if fermata_tokens:  # after KEY, so the KEY ids do not depend on it
+        if fermata_tokens:  # last: only its own id depends on key_tokens
             groups["fermata"] = ["<FERMATA>"]
         self._vocab = Vocabulary(groups, specials=MUSIC_SPECIALS)
         self._transitions = dict(_TRANSITIONS)

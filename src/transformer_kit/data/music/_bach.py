@@ -32,7 +32,7 @@ def bach_chorales(
     """Return the four-part Bach chorales as note events, split 90/5/5 into train/val/test.
 
     The first call parses music21's Bach corpus (one to two minutes) and writes
-    ``bach_chorales-v2.json`` to ``cache_dir``; later calls read that file (a fraction of a
+    ``bach_chorales-v3.json`` to ``cache_dir``; later calls read that file (a fraction of a
     second) without importing music21. Voices are 1 soprano, 2 alto, 3 tenor, 4 bass. The split
     is `split_pieces` with its defaults, so chorales that share a melody (`melody_groups`) and
     duplicate files share a split. `bach_chorales_report` names each piece and lists the files

@@ -212,6 +212,7 @@ def _components(parent: list[int]) -> list[list[int]]:
 
 
 def _digest(piece: Sequence[NoteEvent]) -> str:
+    # Leaves `fermata` out on purpose: the split (and "duplicates") stay those of cache v2.
     rows = sorted((e.onset, e.voice, e.pitch, e.duration, e.bar, e.key) for e in piece)
     return hashlib.sha256(repr(rows).encode()).hexdigest()
 
