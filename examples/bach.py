@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, text in (("--voice-features", "also feed how long each voice keeps sounding"),
                        ("--key-token", "open each piece with its key signature"),
                        ("--fermata-token", "mark onsets with a fermata (phrase ends)"),
+                       ("--end-on-fermata", "with --fermata-token, end samples on a cadence"),
                        ):  # fmt: skip
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=False, help=text)
     parser.add_argument("--key", type=key_choice, default="model", help="with --key-token, "
@@ -82,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.key != "model" and not args.key_token:
         parser.error(f"--key {args.key}: only a --key-token model opens its pieces with a key")
+    if args.end_on_fermata and not args.fermata_token:
+        parser.error("--end-on-fermata: only a --fermata-token model marks its cadences")
     if args.fermata_token and args.midi_dir:
         parser.error(
             "--fermata-token: MIDI files carry no fermatas, so --midi-dir has none to mark"
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         model, tok, voices=args.voices, min_notes=args.min_notes, top_k=args.top_k,
         max_notes=max_notes, temperature=args.temperature, seed=args.seed,
         eval_samples=args.eval_samples, eval_tokens=args.sample_tokens // 2,
+        end_on_fermata=args.end_on_fermata,
         keys=None if args.key == "model" else [p[0].key for p in pieces["train"] if p]
         if args.key == "corpus" else args.key)  # fmt: skip
     if args.evaluate is not None:  # sample a trained checkpoint again, into its own folder

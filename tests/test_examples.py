@@ -255,6 +255,12 @@ def test_bach_refuses_fermata_tokens_for_a_midi_folder_before_writing(tmp_path, 
     assert not out.exists()
     args = _example("bach.py").parse_args(["--out-dir", str(out), "--fermata-token"])
     assert args.fermata_token is True and not _example("bach.py").parse_args([]).fermata_token
+    with pytest.raises(SystemExit):  # a cadence needs the marks
+        _example("bach.py").main(["--out-dir", str(out), "--end-on-fermata"])
+    assert "--end-on-fermata: only a --fermata-token model marks its cadences" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
 
 
 def _midi_folder(folder: Path, n: int = 24, *, keys: bool = False) -> None:

@@ -355,6 +355,46 @@ def test_piece_sampler_opens_each_sample_in_a_given_or_drawn_key():
         recipe.PieceSampler(model, MusicTokenizer(), keys=2)
 
 
+class _Marks(_NeverEnds):
+    """`_NeverEnds` that also writes `<FERMATA>` often: its logit is raised by `bonus`."""
+
+    def __init__(self, model: nn.Module, end_id: int, fermata_id: int, bonus: float) -> None:
+        super().__init__(model, end_id)
+        self.fermata_id, self.bonus = fermata_id, bonus
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(ids)
+        logits[..., self.fermata_id] += self.bonus
+        return logits
+
+
+def test_piece_sampler_with_end_on_fermata_ends_every_piece_on_a_marked_chord():
+    tok = MusicTokenizer(fermata_tokens=True)
+    torch.manual_seed(1)
+    model = _Marks(recipe.music_gpt(tok, **TINY).eval(), tok.end_id, tok.fermata_ids[0], 2.0)
+    lengths = (6, 9, 12)
+    cadence = recipe.PieceSampler(
+        model, tok, voices="mono", min_notes=2, max_notes=lengths, end_on_fermata=True
+    )
+    plain = recipe.PieceSampler(model, tok, voices="mono", min_notes=2, max_notes=lengths)
+    assert cadence.rule_name == plain.rule_name + "-cadence" and cadence.end_on_fermata
+
+    def last_onset_held(piece: list[NoteEvent]) -> bool:
+        last = max(e.onset for e in piece)
+        return all(e.fermata for e in piece if e.onset == last)
+
+    ended = {"cadence": [], "plain": []}
+    for name, sampler in (("cadence", cadence), ("plain", plain)):
+        for row in sampler.ids(16, 150, seed=3).tolist():
+            if tok.end_id in row:
+                ended[name].append(last_onset_held(tok.decode(row)))
+    assert len(ended["cadence"]) >= 8 and all(ended["cadence"])
+    assert not all(ended["plain"])  # without the rule some pieces end elsewhere
+    assert not recipe.PieceSampler(model, tok, voices="grammar", end_on_fermata=True).end_on_fermata
+    with pytest.raises(ValueError, match="end_on_fermata=True needs a tokenizer with FERMATA"):
+        recipe.PieceSampler(model, MusicTokenizer(), end_on_fermata=True)
+
+
 def test_length_bounds_are_the_pieces_percentile_and_lengths_unless_given():
     pieces = [[NoteEvent(60, 1, float(k), 1.0)] * n for k, n in enumerate(range(1, 101))]
     lengths = tuple(range(1, 101))  # each sample draws its maximum from these

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import random
 from itertools import pairwise
 
 import pytest
@@ -74,6 +75,73 @@ def test_with_every_voice_busy_only_a_rest_moves_on() -> None:
         assert rule(ids) == [TOK.rest_id]
     # The rest may move time up to the end of the notes (1.0), with fill.
     assert _times(TOK, VoiceLeading(TOK)([*ids, TOK.rest_id])) == [0.125, 0.25, 0.375, 0.5]
+
+
+def _held_chord(durations: list[float], *, marked: bool) -> list[int]:
+    """<START>, optionally <FERMATA>, and one HELD note per voice at time 0 (the last without
+    its <TIME>)."""
+    ids = _chord(durations)  # TOK's ids are HELD's
+    return [ids[0], HELD.fermata_ids.start, *ids[1:]] if marked else ids
+
+
+def test_end_on_fermata_ends_a_piece_only_on_a_marked_chord() -> None:
+    time0, beat = HELD.time_ids.start, HELD.time_ids.start + HELD.time_steps.index(1.0)
+    plain, cadence = VoiceLeading(HELD), VoiceLeading(HELD, end_on_fermata=True)
+    unmarked, marked = _held_chord([1.0] * 4, marked=False), _held_chord([1.0] * 4, marked=True)
+    assert time0 in plain(unmarked) and time0 not in cadence(unmarked)  # it could only end
+    assert time0 in cadence(marked) and cadence([*marked, time0]) == [HELD.end_id]
+    # The mark belongs to its onset: once time moves, the next chord is unmarked again.
+    again = [*marked, beat] + _chord([1.0] * 4)[1:]
+    assert time0 not in cadence(again) and time0 in plain(again)
+    # A maximum ends the piece at the first marked chord, not at the first aligned one.
+    assert VoiceLeading(HELD, max_notes=4)(unmarked) == [time0]
+    assert time0 not in VoiceLeading(HELD, max_notes=4, end_on_fermata=True)(unmarked)
+    assert VoiceLeading(HELD, max_notes=4, end_on_fermata=True)(marked) == [time0]
+    with pytest.raises(ValueError, match="end_on_fermata must be a bool, got 1"):
+        VoiceLeading(HELD, end_on_fermata=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"end_on_fermata=True needs a tokenizer with FERMATA"):
+        VoiceLeading(TOK, end_on_fermata=True)
+
+
+# Two voices, one length, two time steps: voices often end together, so walks can end.
+SMALL_HELD = MusicTokenizer(min_pitch=60, max_pitch=64, voices=2, durations=(1.0, 2.0),
+                            time_steps=(0.0, 1.0), fermata_tokens=True)  # fmt: skip
+
+
+def _onset_is_marked(tok: MusicTokenizer, ids: list[int]) -> bool:
+    """Whether the last onset of a stream opened with <FERMATA>, read back from its end."""
+    for i in reversed(ids):
+        if i in tok.fermata_ids:
+            return True
+        if i in (tok.start_id, tok.bar_id, tok.rest_id) or (
+            i in tok.time_ids and i != tok.time_ids.start
+        ):
+            return False
+    return False
+
+
+@pytest.mark.parametrize("fill", [True, False])
+@pytest.mark.parametrize("tok", [HELD, SMALL_HELD], ids=["chorale", "small"])
+def test_end_on_fermata_offers_end_only_at_marked_onsets_on_random_walks(
+    fill: bool, tok: MusicTokenizer
+) -> None:
+    rng = random.Random(0)
+    ended = differs = 0  # walks that ended; prefixes where the rule changes what is offered
+    for _ in range(60):
+        cadence = VoiceLeading(tok, fill=fill, min_notes=4, end_on_fermata=True)
+        plain = VoiceLeading(tok, fill=fill, min_notes=4)
+        ids = [tok.start_id]
+        while len(ids) < 200 and ids[-1] != tok.end_id:
+            allowed = cadence(ids)
+            if tok.end_id in allowed:
+                assert _onset_is_marked(tok, ids), ids
+            differs += set(plain(ids)) != set(allowed)
+            marks = [i for i in allowed if i in tok.fermata_ids or i == tok.end_id]
+            ids.append(marks[0] if marks and rng.random() < 0.3 else rng.choice(allowed))
+        ended += ids[-1] == tok.end_id
+        assert tok.decode(ids) == tok.quantize(tok.decode(ids))
+    if tok is SMALL_HELD:  # the rule was met many times, and it changes what is offered
+        assert ended >= 10 and differs > 0
 
 
 def test_a_fermata_is_offered_only_where_a_note_may_start() -> None:

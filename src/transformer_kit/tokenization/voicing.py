@@ -27,8 +27,8 @@ __all__ = ["VoiceLeading"]
 # up to this many rows finds every parent prefix; a larger one rereads every prefix in full.
 # Memory: 8 bytes per token per prefix (16 MB at 1024 prefixes of 2000 tokens).
 _REMEMBERED = 1024
-# (clock, each voice's end, voice, duration, notes, ended): see VoiceLeading._scan.
-_State = tuple[int, tuple[int, ...], int, int | None, int, bool]
+# (clock, each voice's end, voice, duration, notes, ended, marked): see VoiceLeading._scan.
+_State = tuple[int, tuple[int, ...], int, int | None, int, bool, bool]
 
 
 class VoiceLeading:
@@ -87,6 +87,7 @@ class VoiceLeading:
         fill: bool = True,
         min_notes: int = 0,
         max_notes: int | None = None,
+        end_on_fermata: bool = False,
     ) -> None:
         if not isinstance(tokenizer, MusicTokenizer):
             raise TypeError(
@@ -99,6 +100,14 @@ class VoiceLeading:
                 f"VoiceLeading: max_notes must be None or an int >= max(1, min_notes)"
                 f" (min_notes={min_notes}), got {max_notes!r}"
             )
+        if not isinstance(end_on_fermata, bool):
+            raise ValueError(f"VoiceLeading: end_on_fermata must be a bool, got {end_on_fermata!r}")
+        if end_on_fermata and not tokenizer.fermata_tokens:
+            raise ValueError(
+                "VoiceLeading: end_on_fermata=True needs a tokenizer with FERMATA tokens "
+                "(fermata_tokens=True)"
+            )
+        self.end_on_fermata = end_on_fermata
         self.tokenizer = tokenizer
         self.fill = fill
         self.min_notes = min_notes
@@ -135,7 +144,7 @@ class VoiceLeading:
     def __call__(self, ids: Sequence[int]) -> list[int]:
         """The ids allowed after the prefix `ids` (`list[int]`, prompt included)."""
         allowed = self.tokenizer.allowed_next(ids)
-        clock, ends, voice, duration, notes = self._scan(ids)
+        clock, ends, voice, duration, notes, marked = self._scan(ids)
         pending = 0  # 1 while choosing the TIME after a note, which then holds its voice
         own_end = clock  # that note's end
         if voice >= 0 and duration is not None:
@@ -144,7 +153,7 @@ class VoiceLeading:
             pending = 1
         free = {v for v, end in enumerate(ends) if end <= clock}
         room = max(0, min(ends) - clock)  # grid units until the first voice falls silent
-        no_end = not self._may_end(notes + pending, ends)
+        no_end = not self._may_end(notes + pending, ends, marked)
         time0 = self.tokenizer.time_ids.start
         keep = []
         for i in allowed:
@@ -176,23 +185,27 @@ class VoiceLeading:
             if pending and time0 in keep:
                 after = list(ends)
                 after[voice] = own_end
-                if self._may_end(notes + 1, after):
+                if self._may_end(notes + 1, after, marked):
                     return [time0]
         return keep if keep else allowed
 
-    def _may_end(self, notes: int, ends: list[int]) -> bool:
+    def _may_end(self, notes: int, ends: list[int], marked: bool) -> bool:
         """Whether the piece may end with `notes` written and each voice ending at `ends`.
 
-        Not before `min_notes` notes, and with `fill` only where every voice ends together.
+        Not before `min_notes` notes, with `fill` only where every voice ends together, and
+        with `end_on_fermata` only on an onset marked `<FERMATA>` (`marked`).
         """
+        if self.end_on_fermata and not marked:
+            return False
         return notes >= self.min_notes and not (self.fill and max(ends) != min(ends))
 
-    def _scan(self, ids: Sequence[int]) -> tuple[int, list[int], int, int | None, int]:
+    def _scan(self, ids: Sequence[int]) -> tuple[int, list[int], int, int | None, int, bool]:
         """Clock, each voice's end (grid units), the note being written, and the note count.
 
-        Returns `(clock, ends, voice, duration, notes)`: `voice` is the voice index of a note
-        whose `<VOICE>` has been read but not yet its `<TIME>` (else -1), `duration` its length
-        in grid units once its `<DUR>` is read (else None), `notes` the notes completed.
+        Returns `(clock, ends, voice, duration, notes, marked)`: `voice` is the voice index of
+        a note whose `<VOICE>` has been read but not yet its `<TIME>` (else -1), `duration` its
+        length in grid units once its `<DUR>` is read (else None), `notes` the notes completed,
+        `marked` whether the current onset opened with `<FERMATA>`.
         Reading stops at the first `<END>`.
         """
         key = tuple(ids)
@@ -201,19 +214,19 @@ class VoiceLeading:
             parent = self._states.get(key[:-1]) if key else None
             if parent is None:
                 state = self._advance(
-                    (0, (0,) * len(self.tokenizer.voice_ids), -1, None, 0, False), key
+                    (0, (0,) * len(self.tokenizer.voice_ids), -1, None, 0, False, False), key
                 )
             else:
                 state = self._advance(parent, key[-1:])
             if len(self._states) >= _REMEMBERED:
                 del self._states[next(iter(self._states))]  # the oldest
             self._states[key] = state
-        clock, ends, voice, duration, notes, _ = state
-        return clock, list(ends), voice, duration, notes
+        clock, ends, voice, duration, notes, _, marked = state
+        return clock, list(ends), voice, duration, notes, marked
 
     def _advance(self, state: _State, ids: Sequence[int]) -> _State:
         """The scan state after reading `ids` on from `state`."""
-        clock, ends_at, voice, duration, notes, ended = state
+        clock, ends_at, voice, duration, notes, ended, marked = state
         if ended:
             return state
         ends = list(ends_at)
@@ -231,6 +244,9 @@ class VoiceLeading:
                     notes += 1
                 voice, duration = -1, None
                 clock += self._time_units[i]
+                marked = marked and not self._time_units[i]  # a new onset starts unmarked
+            elif i in self._fermata:
+                marked = True
             elif self._dur_units[i]:
                 duration = self._dur_units[i]
-        return clock, tuple(ends), voice, duration, notes, ended
+        return clock, tuple(ends), voice, duration, notes, ended, marked

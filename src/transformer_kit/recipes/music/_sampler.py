@@ -58,6 +58,9 @@ class PieceSampler:
             shifts spread over all twelve; drawing them from the pieces' own keys keeps the
             samples in the keys of the corpus, which on the chorales scored no better than
             the model's own draw (docs/results.md, "The corpus's keys").
+        end_on_fermata: with `VoiceLeading` and a tokenizer with FERMATA tokens, end pieces
+            only on a chord that opens with `<FERMATA>` (a cadence), as the chorales do; the
+            maximum then ends a piece at its next marked chord whose voices end together.
 
     Raises:
         ValueError: if `voices` is not one of `Voices`, `slide` not one of `Slide`, a count
@@ -65,7 +68,9 @@ class PieceSampler:
             an int >= 1, `min_notes` not an int >= 0 (`VoiceLeading`'s check;
             "grammar" ignores it), or `max_notes` is not None, an int >= max(1, min_notes) or
             a non-empty sequence of ints >= 0, or `keys` is given for a tokenizer without
-            KEY tokens or is not None, an int in [-7, 7] or a non-empty sequence of them.
+            KEY tokens or is not None, an int in [-7, 7] or a non-empty sequence of them,
+            or `end_on_fermata` is not a bool or is True for a tokenizer without FERMATA
+            tokens (`VoiceLeading`'s check; "grammar" ignores it).
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class PieceSampler:
         seed: int = 0,
         slide: Slide = "recompute",
         keys: int | Sequence[int] | None = None,
+        end_on_fermata: bool = False,
     ) -> None:
         if voices not in ("fill", "mono", "grammar"):
             raise ValueError(
@@ -123,9 +129,14 @@ class PieceSampler:
             tokenizer.allowed_next
             if voices == "grammar"
             else VoiceLeading(
-                tokenizer, fill=voices == "fill", min_notes=min_notes, max_notes=fixed
+                tokenizer,
+                fill=voices == "fill",
+                min_notes=min_notes,
+                max_notes=fixed,
+                end_on_fermata=end_on_fermata,
             )
         )
+        self.end_on_fermata = voices != "grammar" and end_on_fermata
         if drawn is not None:
             most = "-len" + hashlib.sha1(repr(drawn).encode()).hexdigest()[:6]
         else:
@@ -138,10 +149,11 @@ class PieceSampler:
                 else "-keys" + hashlib.sha1(repr(self.keys).encode()).hexdigest()[:6]
             )
         rule_name = "grammar" if voices == "grammar" else f"{voices}{min_notes}{most}"
-        self.rule_name = rule_name + keyed
+        self.rule_name = rule_name + keyed + ("-cadence" if self.end_on_fermata else "")
         """Names the constraint in folder names: grammar, fill145, fill145-373, fill145-len206302
         (maxima drawn from the lengths whose hash is 206302: the chorales'), mono0, and with
-        `keys` a suffix: -key2 (every sample in 2 sharps), -keys1a2b3c (drawn from keys)."""
+        `keys` a suffix: -key2 (every sample in 2 sharps), -keys1a2b3c (drawn from keys); with
+        `end_on_fermata`, -cadence last."""
 
     def ids(self, n: int, tokens: int, *, seed: int, stop: bool = True) -> Tensor:
         """`n` rows of `<START>` and up to `tokens` more, (n, 1 + tokens'); `<END>` stops a row.
@@ -178,7 +190,13 @@ class PieceSampler:
         caps = [max(least, int(d)) for d in draws]
         fill = self.voices == "fill"
         rules = {  # rows that draw the same maximum share a rule
-            most: VoiceLeading(self.tokenizer, fill=fill, min_notes=self.min_notes, max_notes=most)
+            most: VoiceLeading(
+                self.tokenizer,
+                fill=fill,
+                min_notes=self.min_notes,
+                max_notes=most,
+                end_on_fermata=self.end_on_fermata,
+            )
             for most in set(caps)
         }
         return [rules[most] for most in caps]
