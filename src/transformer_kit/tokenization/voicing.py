@@ -73,11 +73,15 @@ class VoiceLeading:
             voices all end together, so a piece whose voices never align again runs on. A
             model whose window holds a whole piece can lose track of its length and write on
             past every ending; this ends it near a real piece's length (docs/results.md).
+        end_on_fermata: with a tokenizer that has `fermata_tokens`, also allow `<END>` only
+            on a chord that opened with `<FERMATA>` (a cadence, as 99% of the chorales end),
+            and with `max_notes` end at the next such chord.
 
     Raises:
         TypeError: if `tokenizer` is not a `MusicTokenizer`.
-        ValueError: if `min_notes` is not an int >= 0, or `max_notes` not None or an int >=
-            max(1, min_notes).
+        ValueError: if `min_notes` is not an int >= 0, `max_notes` not None or an int >=
+            max(1, min_notes), or `end_on_fermata` not a bool or True for a tokenizer without
+            FERMATA tokens.
     """
 
     def __init__(
